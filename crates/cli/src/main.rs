@@ -1,0 +1,96 @@
+//! `trustmesh`: the one command of the mesh.
+//!
+//! `trustmesh up` runs everything locally; `trustmesh serve <service>` runs one
+//! service (what `up` launches, and what a container runs); `identity` manages
+//! registration entries and mints SVIDs; `policy test` runs the Rego tests.
+
+mod identity;
+mod policy;
+mod serve;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+
+/// Trustmesh: a zero-trust service mesh — SPIFFE identities, mTLS gRPC and
+/// Rego policies in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "trustmesh", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options shared by the commands that work on a data directory.
+#[derive(Debug, Clone, clap::Args)]
+struct Common {
+    /// Data directory: CA, keys, SQLite files, sockets, endpoints.json.
+    #[arg(long, env = "TRUSTMESH_DATA_DIR", default_value = ".trustmesh", global = true)]
+    data_dir: PathBuf,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, env = "TRUSTMESH_TRUST_DOMAIN", default_value = trustmesh_identity::DEFAULT_TRUST_DOMAIN, global = true)]
+    trust_domain: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole mesh locally: the SPIFFE issuer and every service as its
+    /// own supervised process, with the gateway at https://127.0.0.1:8443.
+    Up(up::UpArgs),
+    /// Run one service in the foreground (what `up` launches for each).
+    Serve(serve::ServeArgs),
+    /// Workload identities: registration entries, minted SVIDs, fetching.
+    Identity(identity::IdentityArgs),
+    /// Rego policies: run the tests.
+    Policy(policy::PolicyArgs),
+}
+
+/// Help and version go out as clap prints them; a usage or configuration
+/// error is reduced to its one `error:` line (plus a pointer to `--help`).
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = e.print();
+        return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+    }
+    let rendered = e.render().to_string();
+    let line = rendered.lines().next().unwrap_or("error: invalid arguments");
+    eprintln!("trustmesh: {line} (see --help)");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("trustmesh: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Identity(args) => identity::run(args).await,
+            Command::Policy(args) => policy::run(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line, the whole cause chain.
+            eprintln!("trustmesh: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

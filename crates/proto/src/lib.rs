@@ -1,0 +1,20 @@
+//! Generated protobuf messages and gRPC stubs for everything under `proto/`.
+//!
+//! Code is generated at build time by `protox` (pure Rust, no `protoc`) and
+//! `tonic-prost-build`. Each protobuf package becomes a module here; the SPIFFE
+//! Workload API, which has no package, lives in [`spiffe::workload`].
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// The SPIFFE Workload API (`workload.proto`, no protobuf package): messages,
+/// the `SpiffeWorkloadApi` server trait and a client.
+pub mod spiffe {
+    /// Messages and stubs of the `SpiffeWorkloadAPI` service.
+    pub mod workload {
+        include!(concat!(env!("OUT_DIR"), "/_.rs"));
+    }
+}
+
+/// The encoded `FileDescriptorSet` of every `.proto` in `proto/`: the policy
+/// layer uses it to decode request messages into the policy input.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));

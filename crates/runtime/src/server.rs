@@ -1,0 +1,365 @@
+//! The mTLS gRPC server: a TLS 1.3 accept loop that feeds tonic, with the
+//! peer's SPIFFE ID computed once per connection, the policy layer on every
+//! call, `grpc.health.v1`, and the admin endpoint beside it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use spiffe::X509Source;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::Routes;
+use tonic::transport::server::Connected;
+use tonic_health::ServingStatus;
+use trustmesh_identity::PeerIdentity;
+use trustmesh_policy::{PolicyEngine, PolicyLayer, PolicyMetrics};
+use trustmesh_telemetry::{MetricsRegistry, Readiness};
+
+use crate::{RuntimeError, Shutdown, tls};
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The addresses a running server is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerAddrs {
+    /// The mTLS gRPC listener.
+    pub grpc: SocketAddr,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: SocketAddr,
+}
+
+/// Everything needed to serve one service's gRPC API on the mesh.
+pub struct GrpcServer {
+    service: String,
+    trust_domain: String,
+    source: X509Source,
+    policy: PolicyEngine,
+    descriptors: Vec<&'static [u8]>,
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics: MetricsRegistry,
+    readiness: Readiness,
+    health_services: Vec<String>,
+}
+
+impl std::fmt::Debug for GrpcServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcServer")
+            .field("service", &self.service)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server that is bound and serving in the background.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Where it listens.
+    pub addrs: ServerAddrs,
+    task: JoinHandle<Result<(), RuntimeError>>,
+}
+
+impl RunningServer {
+    /// Waits until the server has stopped (after its shutdown signal fired
+    /// and in-flight calls finished).
+    pub async fn wait(self) -> Result<(), RuntimeError> {
+        self.task
+            .await
+            .map_err(|e| RuntimeError::Serve(format!("server task failed: {e}")))?
+    }
+}
+
+impl GrpcServer {
+    /// A server for the logical service `service` (the policy package
+    /// `trustmesh.<service>` decides its calls) with its identity from `source`.
+    pub fn new(
+        service: impl Into<String>,
+        trust_domain: impl Into<String>,
+        source: X509Source,
+        policy: PolicyEngine,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            trust_domain: trust_domain.into(),
+            source,
+            policy,
+            descriptors: vec![trustmesh_proto::FILE_DESCRIPTOR_SET],
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: MetricsRegistry::new(),
+            readiness: Readiness::new(),
+            health_services: Vec::new(),
+        }
+    }
+
+    /// The gRPC listen address (default `127.0.0.1:0`, any free port).
+    pub fn grpc_addr(mut self, addr: SocketAddr) -> Self {
+        self.grpc_addr = addr;
+        self
+    }
+
+    /// The admin listen address (default `127.0.0.1:0`, any free port).
+    pub fn admin_addr(mut self, addr: SocketAddr) -> Self {
+        self.admin_addr = addr;
+        self
+    }
+
+    /// Adds an encoded `FileDescriptorSet` so the policy layer can decode
+    /// the requests of services defined outside `proto/` (tests).
+    pub fn descriptors(mut self, fds: &'static [u8]) -> Self {
+        self.descriptors.push(fds);
+        self
+    }
+
+    /// Uses `metrics` as the process's registry (so other parts of the
+    /// process publish in the same `/metrics`).
+    pub fn metrics(mut self, metrics: MetricsRegistry) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Names a gRPC service (`package.Service`) that `grpc.health.v1` reports
+    /// as SERVING, besides the overall `""`.
+    pub fn health_service(mut self, name: impl Into<String>) -> Self {
+        self.health_services.push(name.into());
+        self
+    }
+
+    /// The readiness flag behind `/readyz` (set once serving starts).
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Binds both listeners and serves `routes` until `shutdown` fires; then
+    /// stops accepting, lets in-flight calls finish, and returns.
+    pub async fn start(
+        self,
+        routes: Routes,
+        shutdown: Shutdown,
+    ) -> Result<RunningServer, RuntimeError> {
+        let server_tls = tls::server_config(&self.source, &self.trust_domain)?;
+        let listener = TcpListener::bind(self.grpc_addr)
+            .await
+            .map_err(|source| RuntimeError::Bind {
+                addr: self.grpc_addr,
+                source,
+            })?;
+        let grpc = listener.local_addr().map_err(|source| RuntimeError::Bind {
+            addr: self.grpc_addr,
+            source,
+        })?;
+
+        let policy_metrics = self.metrics.register(PolicyMetrics::register);
+        let handshakes = self.metrics.register(|registry| {
+            let family = Family::<Vec<(String, String)>, Counter>::default();
+            registry.register(
+                "tls_handshakes",
+                "Inbound mTLS handshakes by outcome",
+                family.clone(),
+            );
+            family
+        });
+        let layer = PolicyLayer::new(self.policy.clone(), &self.service, policy_metrics)
+            .with_descriptors(&self.descriptors)?;
+
+        let shutdown_admin = shutdown.clone();
+        let (admin, admin_serve) = trustmesh_telemetry::serve_admin(
+            self.admin_addr,
+            self.metrics.clone(),
+            self.readiness.clone(),
+            async move { shutdown_admin.wait().await },
+        )
+        .await?;
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        for name in &self.health_services {
+            health_reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
+
+        let incoming = accept_loop(
+            listener,
+            TlsAcceptor::from(server_tls),
+            shutdown.clone(),
+            handshakes,
+        );
+        let routes = routes.add_service(health_service);
+        let readiness = self.readiness.clone();
+        let service = self.service.clone();
+        let shutdown_grpc = shutdown.clone();
+        let source = self.source.clone();
+        let task = tokio::spawn(async move {
+            let admin_task = tokio::spawn(admin_serve);
+            readiness.set(true);
+            tracing::info!(service, %grpc, %admin, "serving");
+            let served = tonic::transport::Server::builder()
+                .layer(layer)
+                .serve_with_incoming_shutdown(routes.prepare(), incoming, async move {
+                    shutdown_grpc.wait().await;
+                })
+                .await;
+            readiness.set(false);
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            let admin_result = admin_task.await;
+            source.shutdown().await;
+            tracing::info!(service, "stopped");
+            served.map_err(|e| RuntimeError::Serve(e.to_string()))?;
+            match admin_result {
+                Ok(result) => result.map_err(RuntimeError::from),
+                Err(e) => Err(RuntimeError::Serve(format!("admin task failed: {e}"))),
+            }
+        });
+        Ok(RunningServer {
+            addrs: ServerAddrs { grpc, admin },
+            task,
+        })
+    }
+}
+
+/// Accepts TCP connections and runs each TLS handshake in its own task (so a
+/// slow or hostile client cannot stall the others); completed mTLS
+/// connections go to tonic through the returned stream.
+fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    shutdown: Shutdown,
+    handshakes: Family<Vec<(String, String)>, Counter>,
+) -> ReceiverStream<Result<MtlsStream, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.wait() => break,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            let handshakes = handshakes.clone();
+            tokio::spawn(async move {
+                let outcome = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => match MtlsStream::new(tls, remote) {
+                        Some(stream) => {
+                            let _ = tx.send(Ok(stream)).await;
+                            "ok"
+                        }
+                        None => "not_tls13",
+                    },
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake refused");
+                        "refused"
+                    }
+                    Err(_) => "timeout",
+                };
+                handshakes
+                    .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
+                    .inc();
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// A server-side mTLS connection with its peer identity, computed once.
+pub(crate) struct MtlsStream {
+    inner: TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl MtlsStream {
+    /// Wraps an established connection; `None` unless it negotiated TLS 1.3.
+    fn new(inner: TlsStream<TcpStream>, remote: SocketAddr) -> Option<Self> {
+        let (_, conn) = inner.get_ref();
+        if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+            return None;
+        }
+        let spiffe_id = conn
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|leaf| trustmesh_identity::peer::spiffe_id_from_der(leaf.as_ref()))
+            .map(Arc::<str>::from);
+        Some(Self {
+            inner,
+            peer: PeerIdentity {
+                spiffe_id,
+                remote_addr: Some(remote),
+            },
+        })
+    }
+}
+
+impl Connected for MtlsStream {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for MtlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

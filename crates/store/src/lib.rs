@@ -1,0 +1,276 @@
+//! Database access for Trustmesh services: one pool per service, SQLite by
+//! default (a file per service in the data directory) and PostgreSQL in
+//! production (`DATABASE_URL`, one schema per service), with migrations.
+//!
+//! Both back-ends go through sqlx's `Any` driver, so a service writes its
+//! queries once (`$1` placeholders work on both). Where the SQL of a migration
+//! differs, a service keeps one migration folder per dialect and passes both
+//! to [`Db::migrate`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), trustmesh_store::StoreError> {
+//! use trustmesh_store::{Db, StoreConfig};
+//! let config = StoreConfig::from_env("wallet", std::path::Path::new(".trustmesh"));
+//! let db = Db::connect(&config).await?;
+//! let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(db.pool()).await?;
+//! assert_eq!(one, 1);
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use sqlx;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The service name cannot be used as a schema or file name.
+    #[error("invalid service name {0:?}: use lowercase letters, digits and '_'")]
+    InvalidService(String),
+    /// The database URL has a scheme this store does not speak.
+    #[error("unsupported database URL scheme in {0:?}: use postgres:// or sqlite://")]
+    UnsupportedUrl(String),
+    /// The data directory could not be prepared for the SQLite file.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Connecting to the database failed.
+    #[error("cannot open the {backend} database of {service}: {source}")]
+    Connect {
+        /// The service whose database it is.
+        service: String,
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migrating the database of {service} failed: {source}")]
+    Migrate {
+        /// The service whose database it is.
+        service: String,
+        /// The migrator's error.
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A query failed.
+    #[error(transparent)]
+    Query(#[from] sqlx::Error),
+}
+
+/// Which database engine a pool talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Where a service's database is.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The service name: the SQLite file name and the PostgreSQL schema.
+    pub service: String,
+    /// The data directory holding SQLite files.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL (or SQLite) URL; `None` means the embedded SQLite file.
+    pub url: Option<String>,
+    /// The maximum number of pooled connections.
+    pub max_connections: u32,
+}
+
+impl StoreConfig {
+    /// The configuration from the environment: `<SERVICE>_DATABASE_URL`,
+    /// else `DATABASE_URL`, else `<data_dir>/<service>.db`.
+    pub fn from_env(service: &str, data_dir: &Path) -> Self {
+        let specific = format!("{}_DATABASE_URL", service.to_ascii_uppercase());
+        let url = std::env::var(&specific)
+            .ok()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .filter(|url| !url.is_empty());
+        Self {
+            service: service.to_owned(),
+            data_dir: data_dir.to_path_buf(),
+            url,
+            max_connections: 16,
+        }
+    }
+}
+
+/// A service's database: a connection pool and the engine behind it.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    service: String,
+}
+
+impl Db {
+    /// Opens (creating if needed) the service's database: the SQLite file in
+    /// WAL mode, or the PostgreSQL schema named after the service, which
+    /// every pooled connection uses as its `search_path`.
+    pub async fn connect(config: &StoreConfig) -> Result<Db, StoreError> {
+        install_default_drivers();
+        let service = config.service.clone();
+        if service.is_empty()
+            || !service
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(StoreError::InvalidService(service));
+        }
+        let (url, backend) = match &config.url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (url.clone(), Backend::Postgres)
+            }
+            Some(url) if url.starts_with("sqlite:") => (url.clone(), Backend::Sqlite),
+            Some(url) => return Err(StoreError::UnsupportedUrl(redact(url))),
+            None => {
+                std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::DataDir {
+                    path: config.data_dir.clone(),
+                    source,
+                })?;
+                let file = config.data_dir.join(format!("{service}.db"));
+                (
+                    format!("sqlite://{}?mode=rwc", file.display()),
+                    Backend::Sqlite,
+                )
+            }
+        };
+        let connect_error = |source| StoreError::Connect {
+            service: service.clone(),
+            backend: backend.name(),
+            source,
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(Duration::from_secs(10));
+        let pool = match backend {
+            Backend::Sqlite => options
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&url)
+                .await
+                .map_err(connect_error)?,
+            Backend::Postgres => {
+                let create = format!("CREATE SCHEMA IF NOT EXISTS \"{service}\"");
+                let bootstrap = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                    .map_err(connect_error)?;
+                bootstrap
+                    .execute(sqlx::AssertSqlSafe(create))
+                    .await
+                    .map_err(connect_error)?;
+                bootstrap.close().await;
+                let search_path = format!("SET search_path TO \"{service}\"");
+                options
+                    .after_connect(move |conn, _| {
+                        let search_path = search_path.clone();
+                        Box::pin(async move {
+                            conn.execute(sqlx::AssertSqlSafe(search_path)).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&url)
+                    .await
+                    .map_err(connect_error)?
+            }
+        };
+        tracing::info!(service, backend = backend.name(), "database open");
+        Ok(Db {
+            pool,
+            backend,
+            service,
+        })
+    }
+
+    /// Applies the migrations of this database's dialect.
+    pub async fn migrate(&self, sqlite: &Migrator, postgres: &Migrator) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                service: self.service.clone(),
+                source,
+            })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine behind the pool.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The URL with any password replaced, for error messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("mysql://u:secret@h/db"), "mysql://u:***@h/db");
+        assert_eq!(redact("mysql://u@h/db"), "mysql://u@h/db");
+        assert_eq!(redact("mysql://h/db"), "mysql://h/db");
+    }
+}

@@ -1,0 +1,140 @@
+//! The HTTPS side: the axum router and a TLS accept loop that serves it with
+//! HTTP/1.1 and HTTP/2.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use trustmesh_runtime::Shutdown;
+use trustmesh_telemetry::Readiness;
+
+use crate::GatewayError;
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The gateway's routes. `readiness` drives `/readyz`.
+pub fn router(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(readiness)
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    if readiness.is_ready() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the gateway is starting")
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// An error response in the mesh's JSON shape `{"error": {"code", "message"}}`.
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=63072000; includeSubDomains"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Binds `addr` and serves `app` over TLS until `shutdown` fires.
+pub(crate) async fn serve_https(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    shutdown: Shutdown,
+) -> Result<(SocketAddr, JoinHandle<()>), GatewayError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    let acceptor = TlsAcceptor::from(tls);
+    let task = tokio::spawn(async move {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "HTTPS accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.wait() => break,
+            };
+            let acceptor = acceptor.clone();
+            let app = app.clone();
+            let shutdown = shutdown.clone();
+            connections.spawn(async move {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "HTTPS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(
+                    TokioIo::new(tls),
+                    TowerToHyperService::new(app),
+                );
+                tokio::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%remote, error = %e, "HTTPS connection ended with an error");
+                        }
+                    }
+                    () = shutdown.wait() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(3), conn).await;
+                    }
+                }
+            });
+        }
+        // Let in-flight requests finish (bounded by the per-connection grace).
+        while connections.join_next().await.is_some() {}
+    });
+    Ok((local, task))
+}

@@ -1,0 +1,116 @@
+//! The REST edge of the mesh: HTTPS for browsers and API clients at
+//! `https://127.0.0.1:8443` (TLS from a local CA kept in the data directory),
+//! in front of the services it reaches over mTLS gRPC.
+//!
+//! Today it answers the operational routes (`/healthz`, `/readyz`) and, like
+//! every mesh process, serves `grpc.health.v1` over mTLS with its own SVID.
+//! Service routes (`/api/v1/...`) arrive with the services behind them.
+
+mod http;
+pub mod local_ca;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use spiffe::X509Source;
+use trustmesh_policy::PolicyEngine;
+use trustmesh_runtime::{GrpcServer, RuntimeError, Shutdown};
+use trustmesh_telemetry::MetricsRegistry;
+
+pub use http::router;
+
+/// Errors of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The mesh runtime failed (identity, TLS, listeners).
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The local HTTPS certificate authority could not be prepared.
+    #[error(transparent)]
+    LocalCa(#[from] local_ca::LocalCaError),
+    /// The HTTPS listener could not be bound.
+    #[error("cannot listen for HTTPS on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+}
+
+/// How the gateway runs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// The data directory (holds the local HTTPS CA under `gateway/`).
+    pub data_dir: PathBuf,
+    /// The SPIFFE trust domain of the mesh.
+    pub trust_domain: String,
+    /// Where to serve HTTPS.
+    pub https_addr: SocketAddr,
+    /// Where to serve mTLS gRPC (health).
+    pub grpc_addr: SocketAddr,
+    /// Where to serve the admin endpoint.
+    pub admin_addr: SocketAddr,
+}
+
+/// The addresses the gateway is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddrs {
+    /// HTTPS for clients.
+    pub https: SocketAddr,
+    /// mTLS gRPC.
+    pub grpc: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+/// A gateway bound to its addresses and serving in the background.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// Where it listens.
+    pub addrs: GatewayAddrs,
+    grpc: trustmesh_runtime::RunningServer,
+    https: tokio::task::JoinHandle<()>,
+}
+
+impl RunningGateway {
+    /// Waits until both listeners have stopped after the shutdown signal.
+    pub async fn wait(self) -> Result<(), GatewayError> {
+        let grpc = self.grpc.wait().await;
+        let _ = self.https.await;
+        grpc.map_err(GatewayError::from)
+    }
+}
+
+/// Starts the gateway: binds HTTPS, mTLS gRPC and admin, and serves until
+/// `shutdown` fires.
+pub async fn start(
+    config: GatewayConfig,
+    source: X509Source,
+    policy: PolicyEngine,
+    shutdown: Shutdown,
+) -> Result<RunningGateway, GatewayError> {
+    let ca = local_ca::LocalCa::ensure(&config.data_dir.join("gateway"))?;
+    let tls = ca.server_config()?;
+    let metrics = MetricsRegistry::new();
+    let server = GrpcServer::new("gateway", &config.trust_domain, source, policy)
+        .grpc_addr(config.grpc_addr)
+        .admin_addr(config.admin_addr)
+        .metrics(metrics);
+    let readiness = server.readiness();
+    let grpc = server
+        .start(tonic::service::Routes::default(), shutdown.clone())
+        .await?;
+    let (https, https_task) =
+        http::serve_https(config.https_addr, tls, router(readiness), shutdown).await?;
+    tracing::info!(%https, ca = %ca.ca_path().display(), "gateway HTTPS ready");
+    Ok(RunningGateway {
+        addrs: GatewayAddrs {
+            https,
+            grpc: grpc.addrs.grpc,
+            admin: grpc.addrs.admin,
+        },
+        grpc,
+        https: https_task,
+    })
+}
