@@ -2,7 +2,7 @@ package trustmesh.gateway_test
 
 import data.trustmesh.gateway
 
-peer := {"spiffe_id": "spiffe://trustmesh.local/svc/users", "workload": "users"}
+peer := {"spiffe_id": "spiffe://trustmesh.local/svc/user", "workload": "user"}
 
 call(rpc, p) := {
 	"service": "gateway",

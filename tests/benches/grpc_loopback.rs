@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use trustmesh_runtime::{SvidFiles, Shutdown};
+use trustmesh_runtime::{Shutdown, SvidFiles};
 use trustmesh_tests::echo::SayRequest;
 use trustmesh_tests::echo::echo_client::EchoClient;
 use trustmesh_tests::echo::echo_server::EchoServer as EchoGrpc;
@@ -105,10 +105,9 @@ async fn plaintext_server() -> (SocketAddr, Shutdown) {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(EchoGrpc::new(EchoService))
-            .serve_with_incoming_shutdown(
-                tokio_stream_incoming(listener),
-                async move { wait.wait().await },
-            )
+            .serve_with_incoming_shutdown(tokio_stream_incoming(listener), async move {
+                wait.wait().await
+            })
             .await
             .unwrap();
     });
@@ -151,7 +150,11 @@ fn print(label: &str, f: &Figures) {
     );
 }
 
-async fn handshakes_per_second(config: Arc<rustls::ClientConfig>, addr: SocketAddr, seconds: u64) -> f64 {
+async fn handshakes_per_second(
+    config: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    seconds: u64,
+) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -174,8 +177,14 @@ async fn handshakes_per_second(config: Arc<rustls::ClientConfig>, addr: SocketAd
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let issuer = TestIssuer::start(Duration::from_secs(3600)).await;
         let mesh_server = EchoServer::start(&issuer).await;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use trustmesh_tests::echo::SayRequest;
 use trustmesh_tests::echo::echo_client::EchoClient;
 use trustmesh_tests::{
-    EchoServer, TestIssuer, echo_client, echo_id, health_client, http_get,
-    reckless_client_config, server_leaf, spiffe_id,
+    EchoServer, TestIssuer, echo_client, echo_id, health_client, http_get, reckless_client_config,
+    server_leaf, spiffe_id,
 };
 
 fn say(message: &str) -> SayRequest {
@@ -25,27 +25,30 @@ fn say(message: &str) -> SayRequest {
 async fn client_without_certificate_gets_no_response() {
     let issuer = TestIssuer::start(Duration::from_secs(3600)).await;
     let server = EchoServer::start(&issuer).await;
-    let channel = trustmesh_runtime::connect_channel(
-        reckless_client_config(None),
-        &server.addr.to_string(),
-    )
-    .unwrap();
+    let channel =
+        trustmesh_runtime::connect_channel(reckless_client_config(None), &server.addr.to_string())
+            .unwrap();
     let err = EchoClient::new(channel)
         .say(say("hello"))
         .await
         .expect_err("a client without a certificate must not get an answer");
     assert_ne!(err.code(), tonic::Code::Ok);
-    assert_ne!(err.code(), tonic::Code::PermissionDenied, "it must not even reach the policy: {err}");
+    assert_ne!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "it must not even reach the policy: {err}"
+    );
     // The gRPC health service is refused the same way.
-    let channel = trustmesh_runtime::connect_channel(
-        reckless_client_config(None),
-        &server.addr.to_string(),
-    )
-    .unwrap();
+    let channel =
+        trustmesh_runtime::connect_channel(reckless_client_config(None), &server.addr.to_string())
+            .unwrap();
     let health = tonic_health::pb::health_client::HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest::default())
         .await;
-    assert!(health.is_err(), "health answered a client without a certificate");
+    assert!(
+        health.is_err(),
+        "health answered a client without a certificate"
+    );
     let (_, metrics) = http_get(server.admin, "/metrics").await.unwrap();
     assert!(
         metrics.contains("tls_handshakes_total{outcome=\"refused\"}"),
@@ -70,7 +73,11 @@ async fn certificate_from_another_ca_gets_no_response() {
         .say(say("hello"))
         .await
         .expect_err("a certificate from another CA must not get an answer");
-    assert_ne!(err.code(), tonic::Code::PermissionDenied, "it must not reach the policy: {err}");
+    assert_ne!(
+        err.code(),
+        tonic::Code::PermissionDenied,
+        "it must not reach the policy: {err}"
+    );
     // And a client that trusts only its own (rogue) bundle refuses our server.
     let err = echo_client(&forged, server.addr, &echo_id())
         .say(say("hello"))
@@ -110,13 +117,24 @@ async fn policy_denies_with_reason_and_allows_the_listed_workload() {
         Some("workload_not_allowed"),
         "{denied:?}"
     );
-    assert!(denied.message().contains("workload_not_allowed"), "{denied}");
+    assert!(
+        denied.message().contains("workload_not_allowed"),
+        "{denied}"
+    );
 
     let gateway = issuer.mint(&spiffe_id("/svc/gateway"));
     let mut client = echo_client(&gateway, server.addr, &echo_id());
-    let reply = client.say(say("hello")).await.expect("the gateway is allowed").into_inner();
+    let reply = client
+        .say(say("hello"))
+        .await
+        .expect("the gateway is allowed")
+        .into_inner();
     assert_eq!(reply.message, "hello");
-    assert_eq!(reply.peer, spiffe_id("/svc/gateway"), "the server saw the caller's SPIFFE ID");
+    assert_eq!(
+        reply.peer,
+        spiffe_id("/svc/gateway"),
+        "the server saw the caller's SPIFFE ID"
+    );
 
     // A rule on a request field: the layer decoded the protobuf request.
     let forbidden = client
@@ -150,7 +168,10 @@ async fn policy_denies_with_reason_and_allows_the_listed_workload() {
     assert!(metrics.contains("policy_decisions_total"), "{metrics}");
     assert!(metrics.contains("decision=\"deny\""), "{metrics}");
     assert!(metrics.contains("decision=\"allow\""), "{metrics}");
-    assert!(metrics.contains("policy_decision_duration_seconds"), "{metrics}");
+    assert!(
+        metrics.contains("policy_decision_duration_seconds"),
+        "{metrics}"
+    );
     let (status, _) = http_get(server.admin, "/healthz").await.unwrap();
     assert_eq!(status, 200);
 }
@@ -216,7 +237,10 @@ async fn shutdown_lets_in_flight_calls_finish() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let addr = server.addr;
     server.stop().await;
-    let reply = in_flight.await.unwrap().expect("the in-flight call finished");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call finished");
     assert_eq!(reply.into_inner().message, "slow");
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

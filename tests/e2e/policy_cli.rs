@@ -6,7 +6,10 @@ use trustmesh_tests::{copy_dir, repo_root, run_cli};
 #[test]
 fn repository_policies_pass() {
     let dir = repo_root().join("policies");
-    let (code, out, err) = run_cli(&["policy", "test", "--dir", dir.to_str().unwrap_or_default()], &[]);
+    let (code, out, err) = run_cli(
+        &["policy", "test", "--dir", dir.to_str().unwrap_or_default()],
+        &[],
+    );
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("PASS "), "{out}");
     assert!(out.contains(" 0 failed"), "{out}");
@@ -30,10 +33,18 @@ fn a_failing_rego_test_fails_the_command() {
     )
     .expect("write failing test");
     let (code, out, err) = run_cli(
-        &["policy", "test", "--dir", dir.path().to_str().unwrap_or_default()],
+        &[
+            "policy",
+            "test",
+            "--dir",
+            dir.path().to_str().unwrap_or_default(),
+        ],
         &[],
     );
     assert_ne!(code, 0, "a failing test must fail the command: {out}{err}");
-    assert!(out.contains("FAIL trustmesh.gateway_broken_test.test_wrongly_expects_allow"), "{out}");
+    assert!(
+        out.contains("FAIL trustmesh.gateway_broken_test.test_wrongly_expects_allow"),
+        "{out}"
+    );
     assert!(out.contains(" 1 failed"), "{out}");
 }

@@ -29,12 +29,19 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
     let grpc: std::net::SocketAddr = gateway["grpc"].as_str().unwrap().parse().unwrap();
     let admin: std::net::SocketAddr = gateway["admin"].as_str().unwrap().parse().unwrap();
     let first_pid = gateway["pid"].as_u64().unwrap() as u32;
-    assert!(mesh.endpoints["workload_api"].as_str().unwrap().starts_with("unix:"));
+    assert!(
+        mesh.endpoints["workload_api"]
+            .as_str()
+            .unwrap()
+            .starts_with("unix:")
+    );
 
     // HTTPS with the local CA whose path endpoints.json names.
     let ca = mesh.gateway_ca();
     assert!(ca.exists(), "{}", ca.display());
-    let health = rt.block_on(https_get(mesh.gateway_addr(), "/healthz", &ca)).unwrap();
+    let health = rt
+        .block_on(https_get(mesh.gateway_addr(), "/healthz", &ca))
+        .unwrap();
     assert_eq!(health.status, 200, "{health:?}");
     for header in [
         "strict-transport-security",
@@ -43,14 +50,24 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
         "x-frame-options",
         "referrer-policy",
     ] {
-        assert!(health.headers.contains_key(header), "missing {header}: {health:?}");
+        assert!(
+            health.headers.contains_key(header),
+            "missing {header}: {health:?}"
+        );
     }
-    let ready = rt.block_on(https_get(mesh.gateway_addr(), "/readyz", &ca)).unwrap();
+    let ready = rt
+        .block_on(https_get(mesh.gateway_addr(), "/readyz", &ca))
+        .unwrap();
     assert_eq!(ready.status, 200, "{ready:?}");
-    let missing = rt.block_on(https_get(mesh.gateway_addr(), "/nope", &ca)).unwrap();
+    let missing = rt
+        .block_on(https_get(mesh.gateway_addr(), "/nope", &ca))
+        .unwrap();
     assert_eq!(missing.status, 404);
-    assert!(missing.body.contains("\"code\":\"not_found\""), "{}", missing.body);
-
+    assert!(
+        missing.body.contains("\"code\":\"not_found\""),
+        "{}",
+        missing.body
+    );
 
     // gRPC health over mTLS with an SVID minted from the mesh's CA.
     let svid_dir = mesh.dir.path().join("probe");
@@ -93,28 +110,45 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
             .check(tonic_health::pb::HealthCheckRequest::default())
             .await
     });
-    assert!(refused.is_err(), "a client without a certificate got an answer");
+    assert!(
+        refused.is_err(),
+        "a client without a certificate got an answer"
+    );
 
     // Admin endpoint: metrics (the handshakes and decisions above) and health.
     let (status, metrics) = rt.block_on(http_get(admin, "/metrics")).unwrap();
     assert_eq!(status, 200);
-    assert!(metrics.contains("tls_handshakes_total{outcome=\"ok\"}"), "{metrics}");
-    assert!(metrics.contains("tls_handshakes_total{outcome=\"refused\"}"), "{metrics}");
+    assert!(
+        metrics.contains("tls_handshakes_total{outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tls_handshakes_total{outcome=\"refused\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("policy_decisions_total"), "{metrics}");
     assert_eq!(rt.block_on(http_get(admin, "/healthz")).unwrap().0, 200);
 
     // Crash the gateway: up restarts it and publishes the new pid.
     signal(first_pid, nix::sys::signal::Signal::SIGKILL);
     let endpoints = mesh.wait_for_endpoints(Duration::from_secs(30), |e| {
-        e["services"]["gateway"]["pid"].as_u64().is_some_and(|pid| pid as u32 != first_pid)
+        e["services"]["gateway"]["pid"]
+            .as_u64()
+            .is_some_and(|pid| pid as u32 != first_pid)
     });
     let second_pid = endpoints["services"]["gateway"]["pid"].as_u64().unwrap() as u32;
-    let again = rt.block_on(https_get(mesh.gateway_addr(), "/healthz", &ca)).unwrap();
+    let again = rt
+        .block_on(https_get(mesh.gateway_addr(), "/healthz", &ca))
+        .unwrap();
     assert_eq!(again.status, 200);
     assert!(mesh.log().contains("restarting"), "{}", mesh.log());
 
     // Ctrl-C: everything stops within 5 s and nothing is left behind.
-    let socket = mesh.endpoints["workload_api"].as_str().unwrap().trim_start_matches("unix:").to_owned();
+    let socket = mesh.endpoints["workload_api"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("unix:")
+        .to_owned();
     let up_pid = mesh.pid();
     let (took, clean) = mesh.interrupt();
     assert!(clean, "up exited with an error:\n{}", mesh.log());
@@ -123,7 +157,10 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
     for pid in [up_pid, second_pid] {
         assert!(!process_alive(pid), "process {pid} is still running");
     }
-    assert!(!std::path::Path::new(&socket).exists(), "the Workload API socket is left behind");
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "the Workload API socket is left behind"
+    );
 }
 
 #[test]
@@ -140,27 +177,69 @@ fn configuration_errors_are_one_clear_line() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
 
-    check(&["up", "--data-dir", data, "--gateway-addr", "127.0.0.1:99999"], &[], "--gateway-addr");
-    check(&["up", "--data-dir", data, "--port-base", "not-a-port"], &[], "--port-base");
-    check(&["up", "--data-dir", data, "--svid-ttl", "soon"], &[], "--svid-ttl");
+    check(
+        &[
+            "up",
+            "--data-dir",
+            data,
+            "--gateway-addr",
+            "127.0.0.1:99999",
+        ],
+        &[],
+        "--gateway-addr",
+    );
+    check(
+        &["up", "--data-dir", data, "--port-base", "not-a-port"],
+        &[],
+        "--port-base",
+    );
+    check(
+        &["up", "--data-dir", data, "--svid-ttl", "soon"],
+        &[],
+        "--svid-ttl",
+    );
 
     let file = dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
-    check(&["up", "--data-dir", file.to_str().unwrap()], &[], "is not usable");
+    check(
+        &["up", "--data-dir", file.to_str().unwrap()],
+        &[],
+        "is not usable",
+    );
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     check(
-        &["up", "--data-dir", data, "--gateway-addr", &taken_addr, "--port-base", "0"],
+        &[
+            "up",
+            "--data-dir",
+            data,
+            "--gateway-addr",
+            &taken_addr,
+            "--port-base",
+            "0",
+        ],
         &[],
         "cannot listen on",
     );
 
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("broken.rego"), "package trustmesh.broken\nallow if {\n").unwrap();
+    std::fs::write(
+        policies.join("broken.rego"),
+        "package trustmesh.broken\nallow if {\n",
+    )
+    .unwrap();
     check(
-        &["up", "--data-dir", data, "--port-base", "0", "--gateway-addr", "127.0.0.1:0"],
+        &[
+            "up",
+            "--data-dir",
+            data,
+            "--port-base",
+            "0",
+            "--gateway-addr",
+            "127.0.0.1:0",
+        ],
         &[("TRUSTMESH_POLICY_DIR", policies.to_str().unwrap())],
         "broken.rego",
     );

@@ -55,26 +55,59 @@ fn a_unix_uid_entry_hands_its_svid_to_the_process() {
     let agent = spiffe_id("/agent/acme");
 
     // Not registered yet: refused.
-    let (code, out, err) = run_cli(&["identity", "fetch", "--data-dir", data_dir, "--socket", &socket], &[]);
+    let (code, out, err) = run_cli(
+        &[
+            "identity",
+            "fetch",
+            "--data-dir",
+            data_dir,
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
     assert_ne!(code, 0, "an unregistered process got an SVID: {out}");
-    assert!(err.to_lowercase().contains("denied") || err.contains("no identity"), "{err}");
+    assert!(
+        err.to_lowercase().contains("denied") || err.contains("no identity"),
+        "{err}"
+    );
 
     let selector = format!("unix:uid:{uid}");
     let (code, out, err) = run_cli(
-        &["identity", "entry", "create", "--data-dir", data_dir, "--spiffe-id", &agent, "--selector", &selector],
+        &[
+            "identity",
+            "entry",
+            "create",
+            "--data-dir",
+            data_dir,
+            "--spiffe-id",
+            &agent,
+            "--selector",
+            &selector,
+        ],
         &[],
     );
     assert_eq!(code, 0, "{out}{err}");
     let entry_id = out.split_whitespace().next().unwrap().to_owned();
     let (code, listed, _) = run_cli(&["identity", "entry", "list", "--data-dir", data_dir], &[]);
     assert_eq!(code, 0);
-    assert!(listed.contains(&agent) && listed.contains(&selector), "{listed}");
+    assert!(
+        listed.contains(&agent) && listed.contains(&selector),
+        "{listed}"
+    );
 
     // Registered: the standard spiffe client gets the SVID, through the
     // socket given either way a workload would.
     let out_dir = mesh.dir.path().join("fetched");
     let (code, out, err) = run_cli(
-        &["identity", "fetch", "--data-dir", data_dir, "--out", out_dir.to_str().unwrap()],
+        &[
+            "identity",
+            "fetch",
+            "--data-dir",
+            data_dir,
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
         &[("SPIFFE_ENDPOINT_SOCKET", &socket)],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -83,7 +116,11 @@ fn a_unix_uid_entry_hands_its_svid_to_the_process() {
     // The fetched SVID works on the mesh: the gateway's health answers it.
     let svid = SvidFiles::load(&out_dir).unwrap();
     assert_eq!(svid.spiffe_id(), agent);
-    let grpc = mesh.endpoints["services"]["gateway"]["grpc"].as_str().unwrap().parse().unwrap();
+    let grpc = mesh.endpoints["services"]["gateway"]["grpc"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         health_client(&svid, grpc, &spiffe_id("/svc/gateway"))
@@ -93,8 +130,28 @@ fn a_unix_uid_entry_hands_its_svid_to_the_process() {
     .expect("health with the fetched SVID");
 
     // Deleted: refused again.
-    let (code, _, err) = run_cli(&["identity", "entry", "delete", "--data-dir", data_dir, &entry_id], &[]);
+    let (code, _, err) = run_cli(
+        &[
+            "identity",
+            "entry",
+            "delete",
+            "--data-dir",
+            data_dir,
+            &entry_id,
+        ],
+        &[],
+    );
     assert_eq!(code, 0, "{err}");
-    let (code, out, _) = run_cli(&["identity", "fetch", "--data-dir", data_dir, "--socket", &socket], &[]);
+    let (code, out, _) = run_cli(
+        &[
+            "identity",
+            "fetch",
+            "--data-dir",
+            data_dir,
+            "--socket",
+            &socket,
+        ],
+        &[],
+    );
     assert_ne!(code, 0, "a deleted entry still hands out SVIDs: {out}");
 }

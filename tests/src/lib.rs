@@ -128,13 +128,18 @@ impl TestIssuer {
     pub fn mint(&self, id: &str) -> SvidFiles {
         let issuer = Issuer::open(self.config.clone()).expect("reopen issuer");
         let svid = issuer.mint(id, Duration::from_secs(3600)).expect("mint");
-        SvidFiles::from_der(svid.cert_chain_der, svid.key_pkcs8_der, vec![issuer.bundle_der()])
-            .expect("minted SVID loads")
+        SvidFiles::from_der(
+            svid.cert_chain_der,
+            svid.key_pkcs8_der,
+            vec![issuer.bundle_der()],
+        )
+        .expect("minted SVID loads")
     }
 
     /// An X509Source for this process with identity `id` (registered by PID).
     pub async fn source_for_self(&self, id: &str) -> spiffe::X509Source {
-        self.registry.register_pid(std::process::id(), id.to_owned());
+        self.registry
+            .register_pid(std::process::id(), id.to_owned());
         trustmesh_identity::x509_source(Some(&self.endpoint()), Some(id))
             .await
             .expect("X509Source from the test issuer")
@@ -231,8 +236,7 @@ pub fn echo_client(
     server_id: &str,
 ) -> echo::echo_client::EchoClient<tonic::transport::Channel> {
     let config = svid.client_config(server_id).expect("client config");
-    let channel =
-        trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
+    let channel = trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
     echo::echo_client::EchoClient::new(channel)
 }
 
@@ -249,7 +253,9 @@ pub fn reckless_client_config(identity: Option<&SvidFiles>) -> Arc<rustls::Clien
         None => builder.with_no_client_auth(),
         Some(svid) => {
             let (chain, key) = svid.parts();
-            builder.with_client_auth_cert(chain, key).expect("client cert")
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client cert")
         }
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -335,7 +341,11 @@ pub struct HttpsResponse {
 
 /// `GET https://<addr><path>` trusting only the CA in `ca_pem`, with
 /// `localhost` as the server name (HTTP/1.1).
-pub async fn https_get(addr: SocketAddr, path: &str, ca_pem: &Path) -> std::io::Result<HttpsResponse> {
+pub async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    ca_pem: &Path,
+) -> std::io::Result<HttpsResponse> {
     use http_body_util::BodyExt;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -365,7 +375,10 @@ pub async fn https_get(addr: SocketAddr, path: &str, ca_pem: &Path) -> std::io::
         .header(hyper::header::HOST, "localhost")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(std::io::Error::other)?;
-    let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = response
@@ -438,18 +451,17 @@ impl Mesh {
         let path = self.data_dir().join("endpoints.json");
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("trustmesh up exited early ({status}):\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("trustmesh up exited early ({status}):\n{}", self.log());
             }
-            if let Ok(bytes) = std::fs::read(&path) {
-                if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    if accept(&value) {
-                        self.endpoints = value.clone();
-                        return value;
-                    }
-                }
+            if let Ok(bytes) = std::fs::read(&path)
+                && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
+                && accept(&value)
+            {
+                self.endpoints = value.clone();
+                return value;
             }
             assert!(
                 Instant::now() < deadline,
@@ -462,13 +474,21 @@ impl Mesh {
 
     /// The gateway's HTTPS address.
     pub fn gateway_addr(&self) -> SocketAddr {
-        let url = self.endpoints["gateway"]["url"].as_str().expect("gateway url");
-        url.trim_start_matches("https://").parse().expect("gateway addr")
+        let url = self.endpoints["gateway"]["url"]
+            .as_str()
+            .expect("gateway url");
+        url.trim_start_matches("https://")
+            .parse()
+            .expect("gateway addr")
     }
 
     /// The CA certificate that signs the gateway's HTTPS certificate.
     pub fn gateway_ca(&self) -> PathBuf {
-        PathBuf::from(self.endpoints["gateway"]["ca"].as_str().expect("gateway ca"))
+        PathBuf::from(
+            self.endpoints["gateway"]["ca"]
+                .as_str()
+                .expect("gateway ca"),
+        )
     }
 
     /// The pid of `up` itself.
@@ -552,15 +572,19 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use http_body_util::BodyExt;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .map_err(std::io::Error::other)?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
     tokio::spawn(conn);
     let request = hyper::Request::get(path)
         .header(hyper::header::HOST, addr.to_string())
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(std::io::Error::other)?;
-    let response = sender.send_request(request).await.map_err(std::io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(std::io::Error::other)?;
     let status = response.status().as_u16();
     let body = response
         .into_body()
@@ -615,7 +639,6 @@ pub fn health_client(
     server_id: &str,
 ) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
     let config = svid.client_config(server_id).expect("client config");
-    let channel =
-        trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
+    let channel = trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
     tonic_health::pb::health_client::HealthClient::new(channel)
 }

@@ -92,7 +92,12 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                         .map(|s| s.parse::<Selector>())
                         .collect::<Result<Vec<_>, _>>()?;
                     let entry = store.create(&spiffe_id, selectors)?;
-                    println!("{}\t{}\t{}", entry.id, entry.spiffe_id, selectors_text(&entry.selectors));
+                    println!(
+                        "{}\t{}\t{}",
+                        entry.id,
+                        entry.spiffe_id,
+                        selectors_text(&entry.selectors)
+                    );
                 }
                 EntryCommand::List => {
                     let entries = store.list()?;
@@ -100,7 +105,12 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                         eprintln!("no registration entries");
                     }
                     for entry in entries {
-                        println!("{}\t{}\t{}", entry.id, entry.spiffe_id, selectors_text(&entry.selectors));
+                        println!(
+                            "{}\t{}\t{}",
+                            entry.id,
+                            entry.spiffe_id,
+                            selectors_text(&entry.selectors)
+                        );
                     }
                 }
                 EntryCommand::Delete { id } => {
@@ -134,10 +144,17 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| {
                     format!(
                         "unix:{}",
-                        IssuerConfig::new(common.data_dir.clone()).socket_path.display()
+                        IssuerConfig::new(common.data_dir.clone())
+                            .socket_path
+                            .display()
                     )
                 });
-            let source = trustmesh_identity::x509_source(Some(&endpoint), None).await?;
+            let source = trustmesh_identity::source::x509_source_with_timeout(
+                Some(&endpoint),
+                None,
+                Duration::from_secs(5),
+            )
+            .await?;
             let svid = source
                 .svid()
                 .context("the Workload API gave no X.509-SVID")?;
@@ -191,9 +208,7 @@ fn write_fetched(
         .truncate(true)
         .mode(0o600)
         .open(out.join("key.pem"))?;
-    key.write_all(
-        pem_blocks("PRIVATE KEY", &[svid.private_key().as_ref().to_vec()]).as_bytes(),
-    )?;
+    key.write_all(pem_blocks("PRIVATE KEY", &[svid.private_key().as_ref().to_vec()]).as_bytes())?;
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-
 /// Trustmesh: a zero-trust service mesh — SPIFFE identities, mTLS gRPC and
 /// Rego policies in one binary.
 #[derive(Debug, Parser)]
@@ -28,7 +27,12 @@ struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct Common {
     /// Data directory: CA, keys, SQLite files, sockets, endpoints.json.
-    #[arg(long, env = "TRUSTMESH_DATA_DIR", default_value = ".trustmesh", global = true)]
+    #[arg(
+        long,
+        env = "TRUSTMESH_DATA_DIR",
+        default_value = ".trustmesh",
+        global = true
+    )]
     data_dir: PathBuf,
     /// SPIFFE trust domain of the mesh.
     #[arg(long, env = "TRUSTMESH_TRUST_DOMAIN", default_value = trustmesh_identity::DEFAULT_TRUST_DOMAIN, global = true)]
@@ -52,12 +56,24 @@ enum Command {
 /// error is reduced to its one `error:` line (plus a pointer to `--help`).
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = e.print();
-        return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        return if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let rendered = e.render().to_string();
-    let line = rendered.lines().next().unwrap_or("error: invalid arguments");
+    let line = rendered
+        .lines()
+        .next()
+        .unwrap_or("error: invalid arguments");
     eprintln!("trustmesh: {line} (see --help)");
     ExitCode::from(2)
 }

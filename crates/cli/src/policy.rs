@@ -39,7 +39,9 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     failed += 1;
                     match &outcome.error {
-                        Some(error) => println!("FAIL {} ({}): {error}", outcome.name, outcome.file),
+                        Some(error) => {
+                            println!("FAIL {} ({}): {error}", outcome.name, outcome.file)
+                        }
                         None => println!("FAIL {} ({})", outcome.name, outcome.file),
                     }
                 }

@@ -86,7 +86,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,
             };
-            let gateway = trustmesh_gateway::start(config, source, policy, shutdown.clone()).await?;
+            let gateway =
+                trustmesh_gateway::start(config, source, policy, shutdown.clone()).await?;
             let report = RunReport {
                 service: args.service.clone(),
                 pid: std::process::id(),

@@ -108,7 +108,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let run_dir = data_dir.join("run");
     let _ = std::fs::remove_dir_all(&run_dir);
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
     let exe = std::env::current_exe().context("cannot find the trustmesh binary")?;
     let mut supervisors = Vec::new();
@@ -199,7 +200,10 @@ async fn supervise(exe: PathBuf, spec: ChildSpec, registry: Registry, shutdown: 
         let mut command = Command::new(&exe);
         command
             .args(&spec.args)
-            .env("SPIFFE_ENDPOINT_SOCKET", format!("unix:{}", spec.socket.display()))
+            .env(
+                "SPIFFE_ENDPOINT_SOCKET",
+                format!("unix:{}", spec.socket.display()),
+            )
             .env("TRUSTMESH_SUPERVISOR_PID", std::process::id().to_string())
             .stdin(Stdio::null())
             // Own process group: a terminal's Ctrl-C reaches only `up`,
@@ -236,7 +240,9 @@ async fn supervise(exe: PathBuf, spec: ChildSpec, registry: Registry, shutdown: 
                 if started.elapsed() > HEALTHY_AFTER {
                     backoff = BACKOFF_MIN;
                 }
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
                 tracing::warn!(service = spec.name, pid, %status, restart_in = ?backoff, "exited; restarting");
                 if sleep_or_shutdown(backoff, &shutdown).await {
                     return;
@@ -333,7 +339,10 @@ async fn wait_for_socket(socket: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !socket.exists() {
         if Instant::now() > deadline {
-            anyhow::bail!("the Workload API socket {} did not appear", socket.display());
+            anyhow::bail!(
+                "the Workload API socket {} did not appear",
+                socket.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    SanType, SerialNumber,
 };
 use spiffe::TrustDomain;
 use time::OffsetDateTime;
@@ -176,9 +176,9 @@ impl Ca {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI(
-            rcgen::string::Ia5String::try_from(td.id_string())?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(rcgen::string::Ia5String::try_from(
+            td.id_string(),
+        )?)];
         params.not_before = now - Duration::from_secs(60);
         params.not_after = now + CA_VALIDITY;
         params.serial_number = Some(random_serial());
@@ -212,7 +212,9 @@ impl Ca {
             return Err(corrupt("not a CA certificate".to_owned()));
         }
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(corrupt("does not match the private key in ca.key".to_owned()));
+            return Err(corrupt(
+                "does not match the private key in ca.key".to_owned(),
+            ));
         }
         match trust_domain_of(&cert) {
             Some(ca_td) if &ca_td == td => {}

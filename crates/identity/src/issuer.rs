@@ -32,7 +32,9 @@ use trustmesh_proto::spiffe::workload::spiffe_workload_api_server::SpiffeWorkloa
 use crate::ca::{Ca, generate_p256, random_serial};
 use crate::jwt::JwtKey;
 use crate::registry::{EntryStore, Registry};
-use crate::util::{atomic_write, ensure_dir, hex, parse_trust_domain, parse_workload_id, pem_encode};
+use crate::util::{
+    atomic_write, ensure_dir, hex, parse_trust_domain, parse_workload_id, pem_encode,
+};
 use crate::{DEFAULT_TRUST_DOMAIN, IdentityError};
 
 /// The shortest X.509-SVID TTL the issuer accepts.
@@ -104,7 +106,9 @@ impl IssuerConfig {
 
     fn checked_trust_domain(&self) -> Result<TrustDomain, IdentityError> {
         if self.data_dir.as_os_str().is_empty() {
-            return Err(IdentityError::Config("the data directory is empty".to_owned()));
+            return Err(IdentityError::Config(
+                "the data directory is empty".to_owned(),
+            ));
         }
         if self.svid_ttl < MIN_SVID_TTL {
             return Err(IdentityError::Config(format!(

@@ -197,7 +197,10 @@ impl EntryStore {
         Self::open_in(data_dir.as_ref(), parse_trust_domain(trust_domain)?)
     }
 
-    pub(crate) fn open_in(data_dir: &Path, trust_domain: TrustDomain) -> Result<Self, IdentityError> {
+    pub(crate) fn open_in(
+        data_dir: &Path,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, IdentityError> {
         let dir = data_dir.join("identity");
         ensure_dir(&dir, 0o700)?;
         Ok(Self {
@@ -515,7 +518,9 @@ impl Registry {
 
     /// The SPIFFE ID registered for `pid`, if any.
     pub fn pid_spiffe_id(&self, pid: u32) -> Option<String> {
-        lock(&self.inner.pids).get(&pid).map(|e| e.spiffe_id.clone())
+        lock(&self.inner.pids)
+            .get(&pid)
+            .map(|e| e.spiffe_id.clone())
     }
 
     /// The store of operator entries.
@@ -530,6 +535,11 @@ impl Registry {
 
     fn notify(&self) {
         self.inner.changes.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// How many Workload API streams are open (each follows the entries).
+    pub fn open_streams(&self) -> usize {
+        self.inner.changes.receiver_count()
     }
 
     /// A receiver that changes whenever the entries may have changed.

@@ -20,7 +20,9 @@ pub const DEFAULT_SOURCE_TIMEOUT: Duration = Duration::from_secs(10);
 #[non_exhaustive]
 pub enum SourceError {
     /// No endpoint was given and `SPIFFE_ENDPOINT_SOCKET` is not set.
-    #[error("no Workload API endpoint: pass one or set SPIFFE_ENDPOINT_SOCKET (e.g. unix:/path/to/workload.sock)")]
+    #[error(
+        "no Workload API endpoint: pass one or set SPIFFE_ENDPOINT_SOCKET (e.g. unix:/path/to/workload.sock)"
+    )]
     MissingEndpoint,
 
     /// The endpoint string is malformed.
@@ -58,7 +60,9 @@ pub enum SourceError {
     },
 
     /// The Workload API refused this process an identity.
-    #[error("the Workload API at {endpoint} issued no identity to this process (no registration entry matches it): {detail}")]
+    #[error(
+        "the Workload API at {endpoint} issued no identity to this process (no registration entry matches it): {detail}"
+    )]
     PermissionDenied {
         /// The endpoint.
         endpoint: String,
@@ -67,7 +71,9 @@ pub enum SourceError {
     },
 
     /// The process has identities, but not the one requested.
-    #[error("the Workload API at {endpoint} did not issue {want} to this process; it issued {available:?}")]
+    #[error(
+        "the Workload API at {endpoint} did not issue {want} to this process; it issued {available:?}"
+    )]
     WantedIdNotIssued {
         /// The endpoint.
         endpoint: String,
@@ -172,7 +178,9 @@ pub async fn x509_source_with_timeout(
         .await;
     match built {
         Ok(source) => Ok(source),
-        Err(X509SourceError::InitialSyncTimeout) => Err(diagnose(&raw, parsed, want, timeout).await),
+        Err(X509SourceError::InitialSyncTimeout) => {
+            Err(diagnose(&raw, parsed, want, timeout).await)
+        }
         Err(X509SourceError::Source(e)) => Err(from_api_error(&raw, e)),
         Err(source) => Err(SourceError::Source {
             endpoint: raw,

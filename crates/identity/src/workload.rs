@@ -104,6 +104,10 @@ fn current(inner: &Inner, id: &str) -> Result<Held, Status> {
         })
 }
 
+fn serials(held: &[Held]) -> Vec<String> {
+    held.iter().map(|h| h.svid.serial_hex()).collect()
+}
+
 fn x509_response(inner: &Inner, held: &[Held]) -> X509svidResponse {
     X509svidResponse {
         svids: held
@@ -124,10 +128,12 @@ fn x509_response(inner: &Inner, held: &[Held]) -> X509svidResponse {
 fn mint_all(inner: &Inner, ids: &[String], reuse: Vec<Held>) -> Result<Vec<Held>, Status> {
     let mut reuse = reuse;
     ids.iter()
-        .map(|id| match reuse.iter().position(|h| &h.svid.spiffe_id == id) {
-            Some(i) => Ok(reuse.swap_remove(i)),
-            None => current(inner, id),
-        })
+        .map(
+            |id| match reuse.iter().position(|h| &h.svid.spiffe_id == id) {
+                Some(i) => Ok(reuse.swap_remove(i)),
+                None => current(inner, id),
+            },
+        )
         .collect()
 }
 
@@ -148,7 +154,7 @@ async fn run_x509_stream(
             return;
         }
     };
-    tracing::info!(%caller, ids = ?ids, "X.509-SVIDs issued");
+    tracing::info!(%caller, ids = ?ids, serials = ?serials(&held), "X.509-SVIDs issued");
     if tx.send(Ok(x509_response(&inner, &held))).await.is_err() {
         return;
     }
@@ -182,7 +188,8 @@ async fn run_x509_stream(
                         break;
                     }
                 };
-                tracing::info!(%caller, ids = ?ids, "identities changed; X.509-SVIDs pushed");
+                tracing::info!(%caller, ids = ?ids, serials = ?serials(&held),
+                    "identities changed; X.509-SVIDs pushed");
                 if tx.send(Ok(x509_response(&inner, &held))).await.is_err() {
                     break;
                 }
@@ -202,7 +209,7 @@ async fn run_x509_stream(
                     }
                 }
                 if rotated {
-                    tracing::debug!(%caller, "X.509-SVIDs rotated");
+                    tracing::info!(%caller, serials = ?serials(&held), "X.509-SVIDs rotated");
                     if tx.send(Ok(x509_response(&inner, &held))).await.is_err() {
                         break;
                     }

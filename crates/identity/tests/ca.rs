@@ -37,10 +37,17 @@ fn reopening_keeps_the_ca_and_keys_are_private() {
 
     let second = Issuer::open(IssuerConfig::new(dir.path())).unwrap();
     assert_eq!(second.bundle_der(), bundle, "the CA is reused");
-    assert_eq!(second.jwt_bundle_json(), jwks, "the JWT key and kid are reused");
+    assert_eq!(
+        second.jwt_bundle_json(),
+        jwks,
+        "the JWT key and kid are reused"
+    );
     // An SVID minted before the restart still chains to the bundle.
     assert_signed_by(&svid.cert_chain_der[0], &second.bundle_der());
-    assert_eq!(second.bundle_pem(), fs::read_to_string(ca_dir.join("ca.pem")).unwrap());
+    assert_eq!(
+        second.bundle_pem(),
+        fs::read_to_string(ca_dir.join("ca.pem")).unwrap()
+    );
 }
 
 #[test]
@@ -159,15 +166,24 @@ fn minted_svid_has_the_spiffe_x509_profile() {
         }
     }
     assert_eq!(uris, 1, "exactly one URI SAN");
-    assert!(leaf.basic_constraints().unwrap().is_some(), "BasicConstraints present");
+    assert!(
+        leaf.basic_constraints().unwrap().is_some(),
+        "BasicConstraints present"
+    );
     let nb = leaf.validity().not_before.timestamp();
     let na = leaf.validity().not_after.timestamp();
     let now = before
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    assert!((now - 12..=now - 9).contains(&nb), "not_before = now - 10 s");
-    assert!((now + 3599..=now + 3601).contains(&na), "not_after = now + ttl");
+    assert!(
+        (now - 12..=now - 9).contains(&nb),
+        "not_before = now - 10 s"
+    );
+    assert!(
+        (now + 3599..=now + 3601).contains(&na),
+        "not_after = now + ttl"
+    );
     assert_eq!(
         svid.not_after
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -178,11 +194,17 @@ fn minted_svid_has_the_spiffe_x509_profile() {
 
     // Serials are random.
     let other = issuer.mint(&want, Duration::from_secs(3600)).unwrap();
-    assert_ne!(serial_of(&svid.cert_chain_der[0]), serial_of(&other.cert_chain_der[0]));
+    assert_ne!(
+        serial_of(&svid.cert_chain_der[0]),
+        serial_of(&other.cert_chain_der[0])
+    );
     assert_ne!(svid.key_pkcs8_der, other.key_pkcs8_der);
     // Debug never shows the key.
     let debug = format!("{svid:?}");
-    assert!(debug.contains(&want) && !debug.contains("key_pkcs8_der"), "{debug}");
+    assert!(
+        debug.contains(&want) && !debug.contains("key_pkcs8_der"),
+        "{debug}"
+    );
 }
 
 #[test]
@@ -198,7 +220,10 @@ fn mint_rejects_foreign_or_pathless_ids() {
         "",
     ] {
         let err = issuer.mint(bad, Duration::from_secs(60)).unwrap_err();
-        assert!(matches!(err, IdentityError::InvalidSpiffeId { .. }), "{bad}: {err}");
+        assert!(
+            matches!(err, IdentityError::InvalidSpiffeId { .. }),
+            "{bad}: {err}"
+        );
     }
     assert!(issuer.mint(&id("svc/a"), Duration::ZERO).is_err());
 }
@@ -228,7 +253,11 @@ fn mint_writes_three_pem_files_with_the_right_modes() {
     assert_eq!(parsed.spiffe_id().to_string(), want);
     assert_signed_by(certs[0].contents(), bundle.contents());
     // The PEM files use LF line endings.
-    assert!(!fs::read_to_string(out.join("svid.pem")).unwrap().contains('\r'));
+    assert!(
+        !fs::read_to_string(out.join("svid.pem"))
+            .unwrap()
+            .contains('\r')
+    );
 
     // Writing again replaces the files and keeps the key private.
     fs::set_permissions(out.join("key.pem"), fs::Permissions::from_mode(0o644)).unwrap();
@@ -245,7 +274,10 @@ fn peer_identity_reads_the_uri_san() {
     let issuer = Issuer::open(IssuerConfig::new(dir.path())).unwrap();
     let want = id("svc/gateway");
     let svid = issuer.mint(&want, Duration::from_secs(60)).unwrap();
-    assert_eq!(spiffe_id_from_der(svid.leaf_der()).as_deref(), Some(want.as_str()));
+    assert_eq!(
+        spiffe_id_from_der(svid.leaf_der()).as_deref(),
+        Some(want.as_str())
+    );
     assert_eq!(spiffe_id_from_der(b"not a certificate"), None);
     let addr = "127.0.0.1:4000".parse().unwrap();
     let peer = PeerIdentity::from_leaf(Some(svid.leaf_der()), Some(addr));

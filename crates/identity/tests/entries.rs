@@ -23,10 +23,7 @@ fn create_list_delete_persist() {
     let b = store
         .create(&id("svc/b"), vec![Selector::Path("/usr/bin/b".into())])
         .unwrap();
-    assert_eq!(
-        a.selectors,
-        vec![Selector::Uid(1000), Selector::Gid(100)]
-    );
+    assert_eq!(a.selectors, vec![Selector::Uid(1000), Selector::Gid(100)]);
     assert_ne!(a.id, b.id);
     uuid::Uuid::parse_str(&a.id).unwrap();
     time::OffsetDateTime::parse(
@@ -69,13 +66,19 @@ fn invalid_entries_are_rejected() {
         "not a spiffe id",
     ] {
         let err = store.create(bad, sel).unwrap_err();
-        assert!(matches!(err, IdentityError::InvalidSpiffeId { .. }), "{bad}: {err}");
+        assert!(
+            matches!(err, IdentityError::InvalidSpiffeId { .. }),
+            "{bad}: {err}"
+        );
     }
     let none: [&str; 0] = [];
     let err = store.create(&id("svc/a"), none).unwrap_err();
     assert!(err.to_string().contains("at least one selector"), "{err}");
     let err = store.create(&id("svc/a"), ["unix:user:root"]).unwrap_err();
-    assert!(matches!(err, IdentityError::InvalidSelector { .. }), "{err}");
+    assert!(
+        matches!(err, IdentityError::InvalidSelector { .. }),
+        "{err}"
+    );
     let err = store.create(&id("svc/a"), ["unix:path:bin/x"]).unwrap_err();
     assert!(err.to_string().contains("absolute"), "{err}");
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group};
+use criterion::Criterion;
 use http::{Request, Response};
 use http_body_util::Full;
 use prost::Message;
@@ -110,7 +110,12 @@ fn bench_layer(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_decision, bench_layer);
+fn run_criterion() {
+    let mut c = Criterion::default().configure_from_args();
+    bench_decision(&mut c);
+    bench_layer(&mut c);
+    c.final_summary();
+}
 
 fn percentiles(label: &str, mut samples: Vec<Duration>) {
     samples.sort_unstable();
@@ -174,11 +179,12 @@ fn timed_layer_calls() -> Vec<Duration> {
 }
 
 fn main() {
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    run_criterion();
 
     // `cargo test --benches` runs this binary with `--bench` absent: keep it quick.
-    if !std::env::args().any(|a| a == "--bench") {
+    // `--profile-time` (profiling one benchmark) skips them too.
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--profile-time") {
         return;
     }
     println!();

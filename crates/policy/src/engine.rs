@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use regorus::languages::rego::compiler::{Compiler, CompilerError};
+use regorus::rvm::Instruction;
 use regorus::rvm::program::Program;
 use regorus::rvm::vm::RegoVM;
 use regorus::{CompiledPolicy, Engine, Value};
@@ -86,11 +87,15 @@ struct Inner {
 /// A service's prepared decision.
 enum ServicePlan {
     Rvm(RvmPlan),
-    Interpreter(CompiledPolicy),
+    /// The interpreter, and why the RVM is not used (`None`: by choice).
+    Interpreter(CompiledPolicy, Option<String>),
 }
 
 struct RvmPlan {
     program: Arc<Program>,
+    /// `line L col C` of each reference that makes the VM evaluate a whole
+    /// package (see [`whole_package_lookups`]).
+    whole_package_lookups: Vec<String>,
     policy: CompiledPolicy,
     data: Value,
     pool: Mutex<Vec<RegoVM>>,
@@ -136,7 +141,7 @@ impl ServicePlan {
     fn eval(&self, input: Value) -> Result<Value, PolicyError> {
         match self {
             Self::Rvm(plan) => plan.eval(input),
-            Self::Interpreter(policy) => policy
+            Self::Interpreter(policy, _) => policy
                 .eval_with_input(input)
                 .map_err(|e| PolicyError::Eval(one_line(&e.to_string()))),
         }
@@ -145,7 +150,7 @@ impl ServicePlan {
     fn backend_name(&self) -> &'static str {
         match self {
             Self::Rvm(_) => "rvm",
-            Self::Interpreter(_) => "interpreter",
+            Self::Interpreter(..) => "interpreter",
         }
     }
 }
@@ -154,11 +159,11 @@ impl PolicyEngine {
     /// The policies of the workspace's `policies/` folder, compiled into the
     /// binary.
     pub fn embedded() -> Result<Self, PolicyError> {
-        let (policies, data_files, _) = embedded_files();
+        let files = embedded_files();
         Self::build(
             "embedded".to_owned(),
-            policies,
-            data_files,
+            files.policies,
+            files.data,
             BackendChoice::Auto,
         )
     }
@@ -166,11 +171,11 @@ impl PolicyEngine {
     /// Every `*.rego` under `dir` (recursively, excluding `*_test.rego`) and
     /// every `data.json` under it.
     pub fn from_dir(dir: &Path) -> Result<Self, PolicyError> {
-        let (policies, data_files, _) = dir_files(dir)?;
+        let files = dir_files(dir)?;
         Self::build(
             dir.display().to_string(),
-            policies,
-            data_files,
+            files.policies,
+            files.data,
             BackendChoice::Auto,
         )
     }
@@ -225,6 +230,34 @@ impl PolicyEngine {
         out
     }
 
+    /// Performance warnings, one line each: a service evaluated by the
+    /// interpreter rather than the RVM (≈4× slower), and references that make
+    /// the RVM evaluate a whole package (`lib.x` through an
+    /// `import data.trustmesh.lib` alias). `trustmesh policy test` can print them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut services: Vec<_> = self.inner.services.iter().collect();
+        services.sort_unstable_by_key(|(name, _)| name.as_str());
+        let mut out = Vec::new();
+        for (service, plan) in services {
+            match plan {
+                ServicePlan::Rvm(rvm) => {
+                    for at in &rvm.whole_package_lookups {
+                        out.push(format!(
+                            "trustmesh.{service}: the reference at {at} evaluates a whole \
+                             package on every decision; name the rule in full \
+                             (data.trustmesh.lib.<rule>)"
+                        ));
+                    }
+                }
+                ServicePlan::Interpreter(_, Some(reason)) => out.push(format!(
+                    "trustmesh.{service}: evaluated by the interpreter, not the RVM: {reason}"
+                )),
+                ServicePlan::Interpreter(_, None) => {}
+            }
+        }
+        out
+    }
+
     /// The logical workload name of `spiffe_id`, looked up in
     /// `data.workloads` by the ID's path (`/svc/gateway`), so the data does
     /// not depend on the trust domain.
@@ -242,6 +275,14 @@ impl PolicyEngine {
         let value = input.to_value_with(&self.inner.keys);
         let result = plan.eval(value)?;
         decision_from(&result, &self.inner.keys)
+    }
+
+    pub(crate) fn from_files(
+        origin: String,
+        policies: Vec<SourceFile>,
+        data_files: Vec<SourceFile>,
+    ) -> Result<Self, PolicyError> {
+        Self::build(origin, policies, data_files, BackendChoice::Auto)
     }
 
     fn build(
@@ -292,7 +333,7 @@ impl PolicyEngine {
                     err
                 })?;
             let plan = match backend {
-                BackendChoice::Interpreter => ServicePlan::Interpreter(compiled),
+                BackendChoice::Interpreter => ServicePlan::Interpreter(compiled, None),
                 BackendChoice::Auto => {
                     rvm_plan(service, &entry, compiled, &data, &policies, first_file)?
                 }
@@ -338,15 +379,27 @@ fn rvm_plan(
             ) {
                 return Err(load_error(fallback_file, &e, policies));
             }
+            let reason = one_line(&e.to_string());
             tracing::info!(
                 service,
-                reason = %one_line(&e.to_string()),
+                reason,
                 "policy runs on the regorus interpreter (not covered by the RVM)"
             );
-            return Ok(ServicePlan::Interpreter(compiled));
+            return Ok(ServicePlan::Interpreter(compiled, Some(reason)));
         }
     };
+    let lookups = whole_package_lookups(&program);
+    if !lookups.is_empty() {
+        tracing::warn!(
+            service,
+            at = %lookups.join(", "),
+            "policy references a package rather than a rule (e.g. `lib.x` through \
+             `import data.trustmesh.lib`): each such reference evaluates the whole \
+             package; write `data.trustmesh.lib.x`"
+        );
+    }
     let plan = RvmPlan {
+        whole_package_lookups: lookups,
         program,
         policy: compiled.clone(),
         data: data.clone(),
@@ -362,9 +415,35 @@ fn rvm_plan(
         }
         Err(e) => {
             tracing::info!(service, reason = %e, "policy runs on the regorus interpreter");
-            Ok(ServicePlan::Interpreter(compiled))
+            Ok(ServicePlan::Interpreter(compiled, Some(e.to_string())))
         }
     }
+}
+
+/// Where `program` looks a reference up in the virtual `data` document (a
+/// package prefix of rules) instead of calling one rule: `lib.allowed` through
+/// an `import data.trustmesh.lib` alias compiles to "evaluate every rule of
+/// `trustmesh.lib`, then index", about 3× the cost of the whole decision.
+fn whole_package_lookups(program: &Program) -> Vec<String> {
+    program
+        .instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| matches!(i, Instruction::VirtualDataDocumentLookup { .. }))
+        .map(|(index, _)| {
+            // The span's source index does not reliably name the file in
+            // regorus 0.14 (its source table is in module order, the indices
+            // in order of first use), so only the position is given.
+            match program
+                .instruction_spans
+                .get(index)
+                .and_then(Option::as_ref)
+            {
+                Some(span) => format!("line {} col {}", span.line, span.column),
+                None => format!("instruction {index}"),
+            }
+        })
+        .collect()
 }
 
 /// Reads a decision object `{"allow": bool, "reason": string}`.
@@ -472,8 +551,19 @@ pub(crate) fn load_error(
     PolicyError::Load { file, message }
 }
 
-/// The embedded files: policies (no tests), data files, test files.
-pub(crate) fn embedded_files() -> (Vec<SourceFile>, Vec<SourceFile>, Vec<SourceFile>) {
+/// The files of a policy directory, by kind.
+#[derive(Debug, Default)]
+pub(crate) struct PolicyFiles {
+    /// `*.rego` except tests.
+    pub(crate) policies: Vec<SourceFile>,
+    /// `data.json` files.
+    pub(crate) data: Vec<SourceFile>,
+    /// `*_test.rego`.
+    pub(crate) tests: Vec<SourceFile>,
+}
+
+/// The embedded files.
+pub(crate) fn embedded_files() -> PolicyFiles {
     split_files(
         embedded::EMBEDDED_FILES
             .iter()
@@ -481,10 +571,8 @@ pub(crate) fn embedded_files() -> (Vec<SourceFile>, Vec<SourceFile>, Vec<SourceF
     )
 }
 
-/// The files of `dir`: policies (no tests), data files, test files.
-pub(crate) fn dir_files(
-    dir: &Path,
-) -> Result<(Vec<SourceFile>, Vec<SourceFile>, Vec<SourceFile>), PolicyError> {
+/// The files of `dir`.
+pub(crate) fn dir_files(dir: &Path) -> Result<PolicyFiles, PolicyError> {
     let mut paths = Vec::new();
     collect_dir(dir, &mut paths)?;
     paths.sort();
@@ -524,21 +612,19 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PolicyError> {
     Ok(())
 }
 
-fn split_files(
-    files: impl Iterator<Item = (String, String)>,
-) -> (Vec<SourceFile>, Vec<SourceFile>, Vec<SourceFile>) {
-    let (mut policies, mut data, mut tests) = (Vec::new(), Vec::new(), Vec::new());
+fn split_files(files: impl Iterator<Item = (String, String)>) -> PolicyFiles {
+    let mut out = PolicyFiles::default();
     for (name, text) in files {
         let file = SourceFile { name, text };
         if file.name.ends_with("data.json") {
-            data.push(file);
+            out.data.push(file);
         } else if file.name.ends_with("_test.rego") {
-            tests.push(file);
+            out.tests.push(file);
         } else {
-            policies.push(file);
+            out.policies.push(file);
         }
     }
-    (policies, data, tests)
+    out
 }
 
 /// Distinct services in `files` (used by tests).
@@ -560,6 +646,52 @@ mod tests {
         assert_eq!(spiffe_path("spiffe://trustmesh.local"), None);
         assert_eq!(spiffe_path("spiffe://trustmesh.local/"), None);
         assert_eq!(spiffe_path("https://x/svc/gateway"), None);
+    }
+
+    /// Every embedded service runs on the RVM and calls rules directly (no
+    /// whole-package lookups, see `whole_package_lookups`).
+    #[test]
+    fn embedded_services_are_fast_paths() {
+        let engine = PolicyEngine::embedded().expect("embedded policies load");
+        assert!(engine.warnings().is_empty(), "{:#?}", engine.warnings());
+        for (service, plan) in &engine.inner.services {
+            match plan {
+                ServicePlan::Rvm(rvm) => assert!(
+                    rvm.whole_package_lookups.is_empty(),
+                    "{service}: write data.trustmesh.lib.<rule> instead of lib.<rule> at {:?}",
+                    rvm.whole_package_lookups
+                ),
+                ServicePlan::Interpreter(..) => {
+                    panic!("{service} is not covered by the RVM (see the load log)")
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn aliased_package_reference_is_detected() {
+        let engine = PolicyEngine::embedded()
+            .expect("embedded")
+            .with_extra_policies(&[(
+                "alias.rego".into(),
+                "package trustmesh.alias\n\nimport data.trustmesh.lib\n\ndecision := lib.allowed if lib.has_peer\n".into(),
+            )])
+            .expect("loads");
+        let Some(ServicePlan::Rvm(plan)) = engine.inner.services.get("alias") else {
+            panic!("alias should run on the RVM");
+        };
+        assert_eq!(
+            plan.whole_package_lookups.len(),
+            2,
+            "{:?}",
+            plan.whole_package_lookups
+        );
+        assert_eq!(engine.warnings().len(), 2, "{:?}", engine.warnings());
+        assert!(
+            plan.whole_package_lookups[0] == "line 3 col 22",
+            "{:?}",
+            plan.whole_package_lookups
+        );
     }
 
     #[test]

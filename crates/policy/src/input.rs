@@ -5,6 +5,7 @@
 //! document directly as a regorus value (no JSON text in between).
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use regorus::Value;
 use serde::Serialize;
@@ -160,7 +161,8 @@ fn opt_str(v: Option<&str>) -> Value {
 impl PolicyInput {
     /// The input as a regorus value, identical to its JSON serialization.
     pub fn to_value(&self) -> Value {
-        self.to_value_with(&Keys::new())
+        static KEYS: OnceLock<Keys> = OnceLock::new();
+        self.to_value_with(KEYS.get_or_init(Keys::new))
     }
 
     pub(crate) fn to_value_with(&self, k: &Keys) -> Value {

@@ -21,12 +21,12 @@ use tonic::body::Body;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+use trustmesh_identity::PeerIdentity;
 
 use crate::engine::PolicyEngine;
 use crate::error::PolicyError;
 use crate::input::{Decision, Peer, PolicyInput, RequestContext, Subject, now_rfc3339};
 use crate::metrics::{DecisionOutcome, PolicyMetrics};
-use crate::peer::PeerIdentity;
 
 /// The largest unary request body the layer buffers to decode (4 MiB, the
 /// tonic default message limit); larger ones get `RESOURCE_EXHAUSTED`.
@@ -143,7 +143,7 @@ impl PolicyLayer {
     }
 
     /// Runs `h` on every deny (the audit trail hooks in here).
-    pub fn with_deny_hook(mut self, h: Arc<dyn Fn(&PolicyInput, &Decision) + Send + Sync>) -> Self {
+    pub fn with_deny_hook(mut self, h: DenyHook) -> Self {
         Arc::make_mut(&mut self.shared).deny_hook = Some(h);
         self
     }
@@ -268,7 +268,9 @@ impl Shared {
             Ok(decision) => {
                 self.metrics
                     .record(&input.service, &input.method, DecisionOutcome::Deny, took);
-                tracing::debug!(
+                // A deny is a security event: logged at info until the
+                // audit pipeline records it through the deny hook.
+                tracing::info!(
                     service = %input.service,
                     rpc = %input.rpc,
                     peer = input.peer.spiffe_id.as_deref().unwrap_or("-"),

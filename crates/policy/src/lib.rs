@@ -17,7 +17,6 @@ mod error;
 mod input;
 mod layer;
 mod metrics;
-mod peer;
 mod testing;
 
 pub use engine::{NO_POLICY, POLICY_DIR_ENV, PolicyEngine};
@@ -28,5 +27,7 @@ pub use layer::{
     REQUEST_ID_HEADER, SubjectResolver, deny_status,
 };
 pub use metrics::{DecisionOutcome, MAX_METHODS_PER_SERVICE, OTHER_METHOD, PolicyMetrics};
-pub use peer::PeerIdentity;
 pub use testing::{TestOutcome, TestSource, run_tests};
+/// The peer identity the layer reads from each request's extensions
+/// (re-exported from `trustmesh-identity`).
+pub use trustmesh_identity::PeerIdentity;

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use regorus::unstable::{Parser, Rule, RuleHead};
 use regorus::{Engine, Value};
 
-use crate::engine::{SourceFile, dir_files, embedded_files, load_error};
+use crate::engine::{PolicyEngine, PolicyFiles, SourceFile, dir_files, embedded_files, load_error};
 use crate::error::{PolicyError, one_line};
 
 /// Where the policies and their tests come from.
@@ -37,12 +37,19 @@ pub struct TestOutcome {
 }
 
 /// Runs every `test_*` rule of every `*_test.rego` file, in file order, then
-/// rule order. A file that does not load is an error, not a failed test.
+/// rule order. A file that does not load is an error, not a failed test; so
+/// is a service package the [`PolicyEngine`] cannot prepare (for example one
+/// calling an unknown function on a path no test covers).
 pub fn run_tests(source: TestSource) -> Result<Vec<TestOutcome>, PolicyError> {
-    let (policies, data_files, tests) = match &source {
+    let PolicyFiles {
+        policies,
+        data: data_files,
+        tests,
+    } = match &source {
         TestSource::Embedded => embedded_files(),
         TestSource::Dir(dir) => dir_files(dir)?,
     };
+    PolicyEngine::from_files("tests".to_owned(), policies.clone(), data_files.clone())?;
     let mut engine = Engine::new();
     for file in &data_files {
         let value = Value::from_json_str(&file.text).map_err(|e| load(file, &e))?;

@@ -48,7 +48,7 @@ fn gateway_allows_health_checks_from_the_trust_domain() {
     let d = engine
         .authorize(&health(
             "gateway",
-            Some("spiffe://trustmesh.local/svc/users"),
+            Some("spiffe://trustmesh.local/svc/user"),
         ))
         .expect("eval");
     assert_eq!(d, allowed());
@@ -64,7 +64,7 @@ fn gateway_denies_health_checks_without_peer() {
 #[test]
 fn gateway_denies_other_methods_as_unknown() {
     let engine = PolicyEngine::embedded().expect("embedded");
-    let mut input = health("gateway", Some("spiffe://trustmesh.local/svc/users"));
+    let mut input = health("gateway", Some("spiffe://trustmesh.local/svc/user"));
     input.rpc = "/trustmesh.gateway.v1.Gateway/Anything".into();
     input.method = "Anything".into();
     let d = engine.authorize(&input).expect("eval");
@@ -293,7 +293,7 @@ fn from_dir_matches_embedded() {
         engine
             .authorize(&health(
                 "gateway",
-                Some("spiffe://trustmesh.local/svc/users")
+                Some("spiffe://trustmesh.local/svc/user")
             ))
             .expect("eval"),
         allowed()
@@ -462,4 +462,48 @@ fn run_tests_reports_load_errors() {
         err.to_string().contains(&file.display().to_string()),
         "{err}"
     );
+}
+
+#[test]
+fn run_tests_rejects_a_service_that_does_not_compile() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    copy_dir(&policies_dir(), tmp.path());
+    let file = tmp.path().join("nocall.rego");
+    std::fs::write(
+        &file,
+        "package trustmesh.nocall\n\ndecision := {\"allow\": true, \"reason\": \"allowed\"} if {\n\tnet.cidr_contains(\"10.0.0.0/8\", input.context.client_ip)\n}\n",
+    )
+    .expect("write");
+    let err = run_tests(TestSource::Dir(tmp.path().to_owned())).expect_err("unknown function");
+    let text = err.to_string();
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(text.contains("net.cidr_contains"), "{text}");
+}
+
+#[test]
+fn concurrent_decisions_share_one_engine() {
+    let engine = engine();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    let mut input = transfer_input();
+                    let deny = (i + t) % 3 == 0;
+                    if deny {
+                        input.request["amount"] = 5000.into();
+                    }
+                    let d = engine.authorize(&input).expect("eval");
+                    if deny {
+                        assert_eq!(d, Decision::deny("limit_exceeded"));
+                    } else {
+                        assert_eq!(d, allowed());
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
 }

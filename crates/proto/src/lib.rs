@@ -17,4 +17,5 @@ pub mod spiffe {
 
 /// The encoded `FileDescriptorSet` of every `.proto` in `proto/`: the policy
 /// layer uses it to decode request messages into the policy input.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));

@@ -61,18 +61,20 @@ pub fn connect_channel(
     let endpoint = Endpoint::from(uri).tcp_nodelay(true);
     let connector = TlsConnector::from(config);
     let target = addr.to_owned();
-    Ok(endpoint.connect_with_connector_lazy(service_fn(move |_: Uri| {
-        let connector = connector.clone();
-        let target = target.clone();
-        async move {
-            let tcp = TcpStream::connect(&target).await?;
-            tcp.set_nodelay(true)?;
-            // SPIFFE identifies the server by its URI SAN, which the
-            // verifier checks; the TLS server name is only a placeholder.
-            let name = rustls::pki_types::ServerName::try_from("mesh.invalid")
-                .map_err(std::io::Error::other)?;
-            let tls = connector.connect(name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(tls))
-        }
-    })))
+    Ok(
+        endpoint.connect_with_connector_lazy(service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let target = target.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                // SPIFFE identifies the server by its URI SAN, which the
+                // verifier checks; the TLS server name is only a placeholder.
+                let name = rustls::pki_types::ServerName::try_from("mesh.invalid")
+                    .map_err(std::io::Error::other)?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
 }

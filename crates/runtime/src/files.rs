@@ -85,7 +85,10 @@ impl SvidFiles {
     /// A client configuration presenting this SVID (TLS 1.3, ALPN `h2`) that
     /// accepts the server only if it chains to the bundle and carries
     /// exactly `server_id`.
-    pub fn client_config(&self, server_id: &str) -> Result<Arc<rustls::ClientConfig>, RuntimeError> {
+    pub fn client_config(
+        &self,
+        server_id: &str,
+    ) -> Result<Arc<rustls::ClientConfig>, RuntimeError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for cert in &self.bundle {

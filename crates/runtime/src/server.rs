@@ -150,12 +150,13 @@ impl GrpcServer {
         shutdown: Shutdown,
     ) -> Result<RunningServer, RuntimeError> {
         let server_tls = tls::server_config(&self.source, &self.trust_domain)?;
-        let listener = TcpListener::bind(self.grpc_addr)
-            .await
-            .map_err(|source| RuntimeError::Bind {
-                addr: self.grpc_addr,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(self.grpc_addr)
+                .await
+                .map_err(|source| RuntimeError::Bind {
+                    addr: self.grpc_addr,
+                    source,
+                })?;
         let grpc = listener.local_addr().map_err(|source| RuntimeError::Bind {
             addr: self.grpc_addr,
             source,
@@ -263,22 +264,21 @@ fn accept_loop(
             let tx = tx.clone();
             let handshakes = handshakes.clone();
             tokio::spawn(async move {
-                let outcome = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => match MtlsStream::new(tls, remote) {
-                        Some(stream) => {
-                            let _ = tx.send(Ok(stream)).await;
-                            "ok"
+                let outcome =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => match MtlsStream::new(tls, remote) {
+                            Some(stream) => {
+                                let _ = tx.send(Ok(stream)).await;
+                                "ok"
+                            }
+                            None => "not_tls13",
+                        },
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "TLS handshake refused");
+                            "refused"
                         }
-                        None => "not_tls13",
-                    },
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake refused");
-                        "refused"
-                    }
-                    Err(_) => "timeout",
-                };
+                        Err(_) => "timeout",
+                    };
                 handshakes
                     .get_or_create(&vec![("outcome".to_owned(), outcome.to_owned())])
                     .inc();

@@ -23,10 +23,7 @@ pub fn server_config(
     let td = trust_domain(trust_domain_name)?;
     let config = spiffe_rustls::mtls_server(source.clone())
         .trust_domain_policy(LocalOnly(td.clone()))
-        .authorize(
-            authorizer::trust_domains([td])
-                .map_err(|e| RuntimeError::Tls(e.to_string()))?,
-        )
+        .authorize(authorizer::trust_domains([td]).map_err(|e| RuntimeError::Tls(e.to_string()))?)
         .with_alpn_protocols([b"h2".as_slice()])
         .build()
         .map_err(|e| RuntimeError::Tls(e.to_string()))?;

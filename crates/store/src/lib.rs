@@ -145,9 +145,11 @@ impl Db {
             Some(url) if url.starts_with("sqlite:") => (url.clone(), Backend::Sqlite),
             Some(url) => return Err(StoreError::UnsupportedUrl(redact(url))),
             None => {
-                std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::DataDir {
-                    path: config.data_dir.clone(),
-                    source,
+                std::fs::create_dir_all(&config.data_dir).map_err(|source| {
+                    StoreError::DataDir {
+                        path: config.data_dir.clone(),
+                        source,
+                    }
                 })?;
                 let file = config.data_dir.join(format!("{service}.db"));
                 (

@@ -69,10 +69,12 @@ async fn postgres_schema_per_service() {
         .await
         .expect("schema");
     assert_eq!(schema, service);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{service}\" CASCADE")))
-        .execute(db.pool())
-        .await
-        .expect("drop");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{service}\" CASCADE"
+    )))
+    .execute(db.pool())
+    .await
+    .expect("drop");
     db.close().await;
 }
 
@@ -83,7 +85,10 @@ async fn rejects_bad_names_and_urls() {
     assert!(Db::connect(&config).await.is_err());
     config.service = "ok".into();
     config.url = Some("mysql://user:hunter2@localhost/db".into());
-    let err = Db::connect(&config).await.expect_err("mysql refused").to_string();
+    let err = Db::connect(&config)
+        .await
+        .expect_err("mysql refused")
+        .to_string();
     assert!(err.contains("unsupported"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }

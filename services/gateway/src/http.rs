@@ -28,7 +28,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The gateway's routes. `readiness` drives `/readyz`.
 pub fn router(readiness: Readiness) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
         .route("/readyz", get(readyz))
         .fallback(not_found)
         .with_state(readiness)
@@ -39,7 +42,11 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     if readiness.is_ready() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the gateway is starting")
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the gateway is starting",
+        )
     }
 }
 
@@ -59,7 +66,10 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
-        (header::STRICT_TRANSPORT_SECURITY, "max-age=63072000; includeSubDomains"),
+        (
+            header::STRICT_TRANSPORT_SECURITY,
+            "max-age=63072000; includeSubDomains",
+        ),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),

@@ -95,7 +95,8 @@ impl LocalCa {
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, LocalCaError> {
         let issuer = Issuer::from_ca_cert_pem(&self.ca_pem, &self.key).map_err(cert_error)?;
         let key = KeyPair::generate().map_err(cert_error)?;
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).map_err(cert_error)?;
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).map_err(cert_error)?;
         params
             .subject_alt_names
             .push(SanType::IpAddress([127, 0, 0, 1].into()));

@@ -1,11 +1,9 @@
 # Policy of the end-to-end test service `trustmesh.testing.v1.Echo`.
 package trustmesh.testing
 
-import data.trustmesh.lib
-
 default allow := false
 
-allow if lib.is_health_check
+allow if data.trustmesh.lib.is_health_check
 
 # Only the gateway workload may call Say, and never with the word "forbidden"
 # (a rule on a request field, to prove the layer decodes requests).

@@ -58,7 +58,11 @@ impl TestIssuer {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        self.task.take().unwrap().await.expect("server task panicked")
+        self.task
+            .take()
+            .unwrap()
+            .await
+            .expect("server task panicked")
     }
 }
 
