@@ -346,7 +346,6 @@ pub async fn https_get(
     path: &str,
     ca_pem: &Path,
 ) -> std::io::Result<HttpsResponse> {
-    use http_body_util::BodyExt;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem).map_err(std::io::Error::other)? {
@@ -366,32 +365,7 @@ pub async fn https_get(
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, "localhost")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .map_err(std::io::Error::other)?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(std::io::Error::other)?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    Ok(HttpsResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    http1_get(tls, "localhost", path).await
 }
 
 /// A `trustmesh up` process under a temporary data directory, on free ports.
@@ -570,15 +544,24 @@ pub fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
 
 /// `GET http://<addr><path>` (plain HTTP/1.1, for admin endpoints).
 pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use http_body_util::BodyExt;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let response = http1_get(tcp, &addr.to_string(), path).await?;
+    Ok((response.status, response.body))
+}
+
+/// One HTTP/1.1 `GET path` over an established connection.
+async fn http1_get<IO>(io: IO, host: &str, path: &str) -> std::io::Result<HttpsResponse>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(std::io::Error::other)?;
     tokio::spawn(conn);
     let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::HOST, host)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .map_err(std::io::Error::other)?;
     let response = sender
@@ -586,13 +569,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Str
         .await
         .map_err(std::io::Error::other)?;
     let status = response.status().as_u16();
+    let headers = response.headers().clone();
     let body = response
         .into_body()
         .collect()
         .await
         .map_err(std::io::Error::other)?
         .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok(HttpsResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// A raw Workload API client over the Unix socket at `socket` (no metadata
