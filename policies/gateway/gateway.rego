@@ -16,3 +16,78 @@ decision := data.trustmesh.lib.deny("peer_unauthenticated") if {
 	data.trustmesh.lib.is_health_check
 	not data.trustmesh.lib.has_peer
 }
+
+# ---------------------------------------------------------------------------
+# REST routes. The gateway's HTTP layer asks this package about every route it
+# serves, with input.method == input.rpc == "<METHOD> <route template>"
+# (`POST /api/v1/users/{id}/role`), peer {"spiffe_id": null, "workload":
+# "client"}, the subject of the access token the gateway verified (null on
+# public routes) and the path parameters as input.request. gRPC paths start
+# with "/", so no gRPC call can match these rules.
+
+# Before a session exists: anyone.
+rest_public_routes := {
+	"POST /api/v1/auth/register",
+	"POST /api/v1/auth/register/confirm",
+	"POST /api/v1/auth/login",
+	"POST /api/v1/auth/login/mfa",
+	"POST /api/v1/auth/refresh",
+	"GET /.well-known/jwks.json",
+}
+
+# A signed-in user's own account and sessions.
+rest_user_routes := {
+	"POST /api/v1/auth/logout",
+	"GET /api/v1/auth/sessions",
+	"DELETE /api/v1/auth/sessions/{sid}",
+	"POST /api/v1/auth/password",
+	"GET /api/v1/users/me",
+	"PATCH /api/v1/users/me",
+	"DELETE /api/v1/users/me",
+}
+
+# Administration.
+rest_admin_routes := {
+	"GET /api/v1/users",
+	"POST /api/v1/users/{id}/role",
+	"POST /api/v1/teams",
+}
+
+# Team membership: admins, and managers (the user service checks that a
+# manager manages that team).
+rest_team_routes := {"POST /api/v1/teams/{id}/members"}
+
+rest_call if {
+	input.peer.workload == "client"
+	not data.trustmesh.lib.has_peer
+}
+
+decision := data.trustmesh.lib.allowed if {
+	rest_call
+	input.rpc in rest_public_routes
+}
+
+decision := rest_signed_in([]) if {
+	rest_call
+	input.rpc in rest_user_routes
+}
+
+decision := rest_signed_in(["admin"]) if {
+	rest_call
+	input.rpc in rest_admin_routes
+}
+
+decision := rest_signed_in(["admin", "manager"]) if {
+	rest_call
+	input.rpc in rest_team_routes
+}
+
+# An end user who passed MFA and holds one of `roles` (any role when empty).
+rest_signed_in(roles) := data.trustmesh.lib.deny("subject_required") if {
+	not data.trustmesh.lib.has_subject
+} else := data.trustmesh.lib.deny("mfa_required") if {
+	not data.trustmesh.lib.mfa_verified
+} else := data.trustmesh.lib.deny("role_required") if {
+	count(roles) > 0
+	not data.trustmesh.lib.role in roles
+} else := data.trustmesh.lib.allowed

@@ -46,3 +46,117 @@ test_empty_input_denied if {
 	d := gateway.decision with input as {}
 	d == {"allow": false, "reason": "unknown_method"}
 }
+
+# --- REST routes -------------------------------------------------------------
+
+client := {"spiffe_id": null, "workload": "client"}
+
+subject(role, mfa) := {"sub": "u-1", "role": role, "sid": "s-1", "mfa": mfa}
+
+rest(route, s) := {
+	"service": "gateway",
+	"method": route,
+	"rpc": route,
+	"peer": client,
+	"subject": s,
+	"request": {},
+	"context": {"time": "2025-01-01T00:00:00Z", "client_ip": "203.0.113.7", "user_agent": "curl", "request_id": "t"},
+}
+
+allowed := {"allow": true, "reason": "allowed"}
+
+test_rest_public_routes_allowed_without_subject if {
+	every route in [
+		"POST /api/v1/auth/register",
+		"POST /api/v1/auth/register/confirm",
+		"POST /api/v1/auth/login",
+		"POST /api/v1/auth/login/mfa",
+		"POST /api/v1/auth/refresh",
+		"GET /.well-known/jwks.json",
+	] {
+		gateway.decision == allowed with input as rest(route, null)
+	}
+}
+
+test_rest_user_routes_allowed_with_mfa if {
+	every route in [
+		"POST /api/v1/auth/logout",
+		"GET /api/v1/auth/sessions",
+		"DELETE /api/v1/auth/sessions/{sid}",
+		"POST /api/v1/auth/password",
+		"GET /api/v1/users/me",
+		"PATCH /api/v1/users/me",
+		"DELETE /api/v1/users/me",
+	] {
+		gateway.decision == allowed with input as rest(route, subject("user", true))
+	}
+}
+
+test_rest_user_route_denied_without_subject if {
+	d := gateway.decision with input as rest("GET /api/v1/users/me", null)
+	d == {"allow": false, "reason": "subject_required"}
+}
+
+test_rest_user_route_denied_without_mfa if {
+	d := gateway.decision with input as rest("GET /api/v1/users/me", subject("user", false))
+	d == {"allow": false, "reason": "mfa_required"}
+}
+
+test_rest_admin_routes_allowed_for_admin if {
+	every route in ["GET /api/v1/users", "POST /api/v1/users/{id}/role", "POST /api/v1/teams"] {
+		gateway.decision == allowed with input as rest(route, subject("admin", true))
+	}
+}
+
+test_rest_admin_routes_denied_for_others if {
+	every route in ["GET /api/v1/users", "POST /api/v1/users/{id}/role", "POST /api/v1/teams"] {
+		every role in ["user", "manager", "finance", "audit"] {
+			d := gateway.decision with input as rest(route, subject(role, true))
+			d == {"allow": false, "reason": "role_required"}
+		}
+	}
+}
+
+test_rest_admin_route_checks_mfa_before_role if {
+	d := gateway.decision with input as rest("POST /api/v1/users/{id}/role", subject("admin", false))
+	d.reason == "mfa_required"
+}
+
+test_rest_admin_route_denied_without_subject if {
+	d := gateway.decision with input as rest("GET /api/v1/users", null)
+	d.reason == "subject_required"
+}
+
+test_rest_team_members_allowed_for_admin_and_manager if {
+	gateway.decision == allowed with input as rest("POST /api/v1/teams/{id}/members", subject("admin", true))
+	gateway.decision == allowed with input as rest("POST /api/v1/teams/{id}/members", subject("manager", true))
+}
+
+test_rest_team_members_denied_for_user if {
+	d := gateway.decision with input as rest("POST /api/v1/teams/{id}/members", subject("user", true))
+	d == {"allow": false, "reason": "role_required"}
+}
+
+test_rest_unknown_route_denied if {
+	d := gateway.decision with input as rest("GET /api/v1/wallet", subject("admin", true))
+	d == {"allow": false, "reason": "unknown_method"}
+}
+
+test_rest_route_with_other_method_denied if {
+	d := gateway.decision with input as rest("GET /api/v1/auth/register", null)
+	d.reason == "unknown_method"
+}
+
+test_rest_route_not_matched_for_mesh_peer if {
+	# A workload of the mesh is not a REST client: the REST rules do not apply.
+	i := object.union(rest("POST /api/v1/auth/register", null), {"peer": peer})
+	d := gateway.decision with input as i
+	d.reason == "unknown_method"
+}
+
+test_rest_route_not_matched_with_spiffe_id if {
+	p := {"spiffe_id": "spiffe://trustmesh.local/svc/user", "workload": "client"}
+	i := object.union(rest("POST /api/v1/auth/register", null), {"peer": p})
+	d := gateway.decision with input as i
+	d.reason == "unknown_method"
+}

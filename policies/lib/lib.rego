@@ -51,3 +51,28 @@ is_owner(owner) if {
 	has_subject
 	input.subject.sub == owner
 }
+
+# A call the gateway makes on behalf of a signed-in end user (MFA done), who
+# must hold one of `roles` (any role when `roles` is empty). Reasons, in the
+# order checked: workload_not_allowed, subject_required, mfa_required,
+# role_required.
+via_gateway(roles) := deny("workload_not_allowed") if {
+	not workload == "gateway"
+} else := deny("subject_required") if {
+	not has_subject
+} else := deny("mfa_required") if {
+	not mfa_verified
+} else := deny("role_required") if {
+	count(roles) > 0
+	not role in roles
+} else := allowed
+
+# A call only the workload `name` may make (no end user involved).
+from_workload(name) := allowed if {
+	workload == name
+} else := deny("workload_not_allowed")
+
+# A call any workload of the mesh may make (one listed in data.workloads).
+from_any_workload := allowed if {
+	is_string(workload)
+} else := deny("workload_not_allowed")

@@ -346,6 +346,15 @@ pub async fn https_get(
     path: &str,
     ca_pem: &Path,
 ) -> std::io::Result<HttpsResponse> {
+    let tls = gateway_tls(addr, ca_pem).await?;
+    http1_get(tls, "localhost", path).await
+}
+
+/// A TLS connection to `addr` as `localhost`, trusting only the CA in `ca_pem`.
+async fn gateway_tls(
+    addr: SocketAddr,
+    ca_pem: &Path,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca_pem).map_err(std::io::Error::other)? {
@@ -362,10 +371,23 @@ pub async fn https_get(
     .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
-        .await?;
-    http1_get(tls, "localhost", path).await
+        .await
+}
+
+/// An HTTPS request to the gateway at `addr` trusting only `ca_pem`, with
+/// extra `headers` and an optional JSON `body`.
+pub async fn https_request(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpsResponse> {
+    let tls = gateway_tls(addr, ca_pem).await?;
+    http1_request(tls, "localhost", method, path, headers, body).await
 }
 
 /// A `trustmesh up` process under a temporary data directory, on free ports.
@@ -381,6 +403,12 @@ impl Mesh {
     /// Starts `trustmesh up` with `extra` arguments and waits (up to 60 s)
     /// until `endpoints.json` names every service.
     pub fn start(extra: &[&str]) -> Mesh {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like [`Mesh::start`], with extra environment variables for every
+    /// process (e.g. `DATABASE_URL`).
+    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("data");
         let log = std::fs::File::create(dir.path().join("up.log")).expect("log file");
@@ -392,6 +420,8 @@ impl Mesh {
             .args(extra)
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
             .env_remove("TRUSTMESH_POLICY_DIR")
+            .env_remove("DATABASE_URL")
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("clone log")))
             .stderr(Stdio::from(log))
@@ -554,15 +584,41 @@ async fn http1_get<IO>(io: IO, host: &str, path: &str) -> std::io::Result<HttpsR
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    http1_request(io, host, "GET", path, &[], None).await
+}
+
+/// One HTTP/1.1 request over an established connection.
+async fn http1_request<IO>(
+    io: IO,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<HttpsResponse>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use http_body_util::BodyExt;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(std::io::Error::other)?;
     tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, host)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
+    let mut builder = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host);
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default().to_owned(),
+        )))
         .map_err(std::io::Error::other)?;
     let response = sender
         .send_request(request)
@@ -629,4 +685,53 @@ pub fn health_client(
     let config = svid.client_config(server_id).expect("client config");
     let channel = trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
     tonic_health::pb::health_client::HealthClient::new(channel)
+}
+
+/// A PostgreSQL database of its own for one test (created in the local
+/// server, dropped when the guard goes). Fails loudly if PostgreSQL is not
+/// there: tests on PostgreSQL are never skipped.
+pub struct PostgresDb {
+    /// `postgres://…/<name>`.
+    pub url: String,
+    name: String,
+}
+
+fn psql(sql: &str) {
+    let status = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-q",
+            "-c",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql must be installed (scripts/services.sh installs it)");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+impl PostgresDb {
+    /// Creates a fresh, empty database.
+    pub fn create() -> Self {
+        let name = format!("tm_{}", uuid::Uuid::new_v4().simple());
+        psql(&format!("CREATE DATABASE {name}"));
+        Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
 }

@@ -7,15 +7,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use trustmesh_gateway::GatewayConfig;
 use trustmesh_policy::PolicyEngine;
-use trustmesh_runtime::Shutdown;
+
+use trustmesh_policy::SubjectResolver;
+use trustmesh_runtime::{Directory, JwtSubjects, MeshClient, RunReport, RunningServer, Shutdown};
 
 use crate::Common;
 
 /// The services this binary can run, in the order `up` starts them.
-pub const SERVICES: &[&str] = &["gateway"];
+pub const SERVICES: &[&str] = &["auth", "user", "gateway"];
 
 /// Options of `trustmesh serve`.
 #[derive(Debug, clap::Args)]
@@ -34,33 +36,24 @@ pub struct ServeArgs {
     /// HTTPS listen address (gateway only).
     #[arg(long, env = "TRUSTMESH_HTTPS_ADDR", default_value = "127.0.0.1:8443")]
     https_addr: SocketAddr,
+    /// Auth: failed logins per account within the window that lock it.
+    #[arg(long, env = "TRUSTMESH_AUTH_MAX_FAILURES", default_value_t = 5)]
+    auth_max_failures: u32,
+    /// Auth: failed logins per client IP within the window (all accounts).
+    #[arg(long, env = "TRUSTMESH_AUTH_IP_MAX_FAILURES", default_value_t = 20)]
+    auth_ip_max_failures: u32,
+    /// Auth: the window in which failures count, and how long a lock lasts.
+    #[arg(long, env = "TRUSTMESH_AUTH_LOCK_FOR", default_value = "15m", value_parser = humantime::parse_duration)]
+    auth_lock_for: Duration,
+    /// Auth: a session ends after this long without a refresh.
+    #[arg(long, env = "TRUSTMESH_SESSION_IDLE", default_value = "30m", value_parser = humantime::parse_duration)]
+    session_idle: Duration,
+    /// Auth: a session ends this long after login.
+    #[arg(long, env = "TRUSTMESH_SESSION_MAX", default_value = "12h", value_parser = humantime::parse_duration)]
+    session_max: Duration,
     /// Workload API address (`unix:/path`).
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
     spiffe_endpoint_socket: Option<String>,
-}
-
-/// What a running service reports about itself in `<data-dir>/run/<name>.json`
-/// (read by `up` to write `endpoints.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RunReport {
-    /// The service name.
-    pub service: String,
-    /// Its process id.
-    pub pid: u32,
-    /// The SPIFFE ID it serves with.
-    pub spiffe_id: String,
-    /// mTLS gRPC address.
-    pub grpc: SocketAddr,
-    /// Admin HTTP address.
-    pub admin: SocketAddr,
-    /// HTTPS address (gateway only).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub https: Option<SocketAddr>,
-}
-
-/// Where a service writes its run report.
-pub fn run_report_path(data_dir: &Path, service: &str) -> std::path::PathBuf {
-    data_dir.join("run").join(format!("{service}.json"))
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -100,10 +93,71 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             gateway.wait().await?;
             report
         }
+        "auth" => {
+            let mut settings = trustmesh_auth::service::AuthSettings::default();
+            settings.lockout.max_failures = args.auth_max_failures;
+            settings.lockout.per_ip_max_failures = args.auth_ip_max_failures;
+            settings.lockout.window = args.auth_lock_for;
+            settings.lockout.lock_for = args.auth_lock_for;
+            settings.session_idle = args.session_idle;
+            settings.session_max = args.session_max;
+            let config = trustmesh_auth::AuthConfig {
+                data_dir: common.data_dir.clone(),
+                trust_domain: common.trust_domain.clone(),
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+                settings,
+            };
+            let server = trustmesh_auth::start(config, source, policy, shutdown.clone()).await?;
+            serve_until_stopped(&args.service, spiffe_id, server, &common).await?
+        }
+        "user" => {
+            let config = trustmesh_user::UserConfig {
+                data_dir: common.data_dir.clone(),
+                trust_domain: common.trust_domain.clone(),
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+            };
+            let subjects = subjects_via_auth(&source, &common)?;
+            let server =
+                trustmesh_user::start(config, source, policy, subjects, shutdown.clone()).await?;
+            serve_until_stopped(&args.service, spiffe_id, server, &common).await?
+        }
         other => anyhow::bail!("unknown service {other}"),
     };
-    let _ = std::fs::remove_file(run_report_path(&common.data_dir, &report.service));
+    let _ = std::fs::remove_file(RunReport::path(&common.data_dir, &report.service));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies bearer tokens against the auth service (JWKS, session status).
+fn subjects_via_auth(
+    source: &spiffe::X509Source,
+    common: &Common,
+) -> anyhow::Result<Arc<dyn SubjectResolver>> {
+    let client = MeshClient::new(source.clone(), &common.trust_domain);
+    let subjects = JwtSubjects::via_auth(&client, &Directory::new(&common.data_dir))?;
+    Ok(Arc::new(subjects))
+}
+
+/// Publishes the run report of a started gRPC service and waits until it
+/// has stopped.
+async fn serve_until_stopped(
+    service: &str,
+    spiffe_id: String,
+    server: RunningServer,
+    common: &Common,
+) -> anyhow::Result<RunReport> {
+    let report = RunReport {
+        service: service.to_owned(),
+        pid: std::process::id(),
+        spiffe_id,
+        grpc: server.addrs.grpc,
+        admin: server.addrs.admin,
+        https: None,
+    };
+    write_report(&common.data_dir, &report)?;
+    server.wait().await?;
+    Ok(report)
 }
 
 /// The Workload API may not know this process for a moment after it starts
@@ -129,14 +183,12 @@ async fn identity_with_retry(
 }
 
 fn write_report(data_dir: &Path, report: &RunReport) -> anyhow::Result<()> {
-    let path = run_report_path(data_dir, &report.service);
-    let dir = path.parent().context("run report path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(report)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    report.write(data_dir).with_context(|| {
+        format!(
+            "cannot write {}",
+            RunReport::path(data_dir, &report.service).display()
+        )
+    })
 }
 
 /// When launched by `trustmesh up` (which sets TRUSTMESH_SUPERVISOR_PID), shut

@@ -23,7 +23,8 @@ use trustmesh_policy::PolicyEngine;
 use trustmesh_runtime::Shutdown;
 
 use crate::Common;
-use crate::serve::{RunReport, SERVICES, run_report_path};
+use crate::serve::SERVICES;
+use trustmesh_runtime::RunReport;
 
 /// How long a child gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_millis(3500);
@@ -352,10 +353,7 @@ async fn wait_for_socket(socket: &Path) -> anyhow::Result<()> {
 fn read_reports(data_dir: &Path) -> Vec<RunReport> {
     SERVICES
         .iter()
-        .filter_map(|name| {
-            let bytes = std::fs::read(run_report_path(data_dir, name)).ok()?;
-            serde_json::from_slice(&bytes).ok()
-        })
+        .filter_map(|name| RunReport::read(data_dir, name))
         .collect()
 }
 

@@ -38,20 +38,25 @@ pub const DENY_REASON_METADATA: &str = "x-trustmesh-deny-reason";
 /// The request id header; generated (UUID v4) when absent.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The future a [`SubjectResolver`] returns.
+pub type SubjectFuture = Pin<Box<dyn Future<Output = Result<Option<Subject>, Status>> + Send>>;
+
 /// Finds the end user of a call from its metadata (typically by verifying a
-/// bearer JWT). `Ok(None)`: no user; `Err(status)`: the call is answered with
-/// that status (e.g. `UNAUTHENTICATED` for a bad token).
+/// bearer JWT, which may need a JWKS fetch, hence async). `Ok(None)`: no
+/// user; `Err(status)`: the call is answered with that status (e.g.
+/// `UNAUTHENTICATED` for a bad token).
 pub trait SubjectResolver: Send + Sync {
     /// Resolves the subject of a call from its headers.
-    fn resolve(&self, headers: &HeaderMap) -> Result<Option<Subject>, Status>;
+    fn resolve(&self, headers: &HeaderMap) -> SubjectFuture;
 }
 
 impl<F> SubjectResolver for F
 where
     F: Fn(&HeaderMap) -> Result<Option<Subject>, Status> + Send + Sync,
 {
-    fn resolve(&self, headers: &HeaderMap) -> Result<Option<Subject>, Status> {
-        self(headers)
+    fn resolve(&self, headers: &HeaderMap) -> SubjectFuture {
+        let result = self(headers);
+        Box::pin(std::future::ready(result))
     }
 }
 
@@ -226,7 +231,7 @@ impl Shared {
             .as_deref()
             .and_then(|id| self.engine.workload_for(id));
         let subject = match &self.resolver {
-            Some(resolver) => resolver.resolve(req.headers())?,
+            Some(resolver) => resolver.resolve(req.headers()).await?,
             None => None,
         };
         let context = request_context(req.headers_mut());
@@ -263,6 +268,10 @@ impl Shared {
             Ok(decision) if decision.allow => {
                 self.metrics
                     .record(&input.service, &input.method, DecisionOutcome::Allow, took);
+                // Handlers read the verified end user from the extensions.
+                if let Some(subject) = input.subject {
+                    req.extensions_mut().insert(subject);
+                }
                 Ok(req)
             }
             Ok(decision) => {

@@ -24,7 +24,7 @@ pub use error::PolicyError;
 pub use input::{Decision, Peer, PolicyInput, RequestContext, Subject};
 pub use layer::{
     DENY_REASON_METADATA, DenyHook, MAX_DECODED_BODY, PolicyFuture, PolicyLayer, PolicyService,
-    REQUEST_ID_HEADER, SubjectResolver, deny_status,
+    REQUEST_ID_HEADER, SubjectFuture, SubjectResolver, deny_status,
 };
 pub use metrics::{DecisionOutcome, MAX_METHODS_PER_SERVICE, OTHER_METHOD, PolicyMetrics};
 pub use testing::{TestOutcome, TestSource, run_tests};

@@ -15,6 +15,24 @@ pub mod spiffe {
     }
 }
 
+/// Trustmesh's own packages, one module per `trustmesh.<service>.v1`.
+pub mod trustmesh {
+    /// The auth service (`trustmesh.auth.v1`).
+    pub mod auth {
+        /// Version 1 of the auth API.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/trustmesh.auth.v1.rs"));
+        }
+    }
+    /// The user service (`trustmesh.user.v1`).
+    pub mod user {
+        /// Version 1 of the user API.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/trustmesh.user.v1.rs"));
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every `.proto` in `proto/`: the policy
 /// layer uses it to decode request messages into the policy input.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

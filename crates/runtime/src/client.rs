@@ -10,7 +10,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
-use crate::{RuntimeError, tls};
+use crate::{Directory, RuntimeError, tls};
 
 /// A factory of mTLS channels for a process whose identity comes from the
 /// Workload API.
@@ -37,6 +37,23 @@ impl MeshClient {
         }
     }
 
+    /// A lazily connected channel to the mesh service `service`, found
+    /// through `directory` at every (re)connection, that accepts the server
+    /// only as `spiffe://<trust-domain>/svc/<service>`.
+    pub fn service_channel(
+        &self,
+        directory: &Directory,
+        service: &str,
+    ) -> Result<Channel, RuntimeError> {
+        let server_id = format!("spiffe://{}/svc/{service}", self.trust_domain);
+        let config = tls::client_config(&self.source, &self.trust_domain, &server_id)?;
+        let directory = directory.clone();
+        let service = service.to_owned();
+        lazy_channel(config, &format!("{service}.mesh.invalid:0"), move || {
+            directory.resolve(&service)
+        })
+    }
+
     /// A lazily connected channel to `addr` (`host:port`) that accepts the
     /// server only if it presents `server_id`. The channel reconnects on its
     /// own; each new handshake uses the current SVID.
@@ -46,26 +63,37 @@ impl MeshClient {
     }
 }
 
-/// A lazily connected gRPC channel to `addr` over TLS with `config` (which
-/// carries the client identity and the server check).
+/// A lazily connected gRPC channel to `addr` (`host:port`) over TLS with
+/// `config` (which carries the client identity and the server check).
 pub fn connect_channel(
     config: Arc<rustls::ClientConfig>,
     addr: &str,
 ) -> Result<Channel, RuntimeError> {
-    let uri: Uri = format!("http://{addr}")
+    let target = addr.to_owned();
+    lazy_channel(config, addr, move || Ok(target.clone()))
+}
+
+/// A lazy channel whose connector asks `resolve` for the address each time
+/// it (re)connects.
+fn lazy_channel(
+    config: Arc<rustls::ClientConfig>,
+    authority: &str,
+    resolve: impl Fn() -> Result<String, RuntimeError> + Send + Sync + Clone + 'static,
+) -> Result<Channel, RuntimeError> {
+    let uri: Uri = format!("http://{authority}")
         .parse()
         .map_err(|e| RuntimeError::Connect {
-            addr: addr.to_owned(),
+            addr: authority.to_owned(),
             reason: format!("not a host:port address: {e}"),
         })?;
     let endpoint = Endpoint::from(uri).tcp_nodelay(true);
     let connector = TlsConnector::from(config);
-    let target = addr.to_owned();
     Ok(
         endpoint.connect_with_connector_lazy(service_fn(move |_: Uri| {
             let connector = connector.clone();
-            let target = target.clone();
+            let resolve = resolve.clone();
             async move {
+                let target = resolve().map_err(std::io::Error::other)?;
                 let tcp = TcpStream::connect(&target).await?;
                 tcp.set_nodelay(true)?;
                 // SPIFFE identifies the server by its URI SAN, which the

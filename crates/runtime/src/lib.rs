@@ -12,15 +12,19 @@
 //! behind a Workload API use [`SvidFiles`].
 
 mod client;
+mod directory;
 mod error;
 mod files;
 mod server;
 mod shutdown;
+mod subject;
 mod tls;
 
 pub use client::{MeshClient, connect_channel};
+pub use directory::{Directory, RunReport};
 pub use error::RuntimeError;
 pub use files::SvidFiles;
 pub use server::{GrpcServer, RunningServer, ServerAddrs};
 pub use shutdown::{Shutdown, shutdown_signal};
+pub use subject::{JwtSubjects, SESSION_CHECK_TTL, TOKEN_AUDIENCE, TOKEN_ISSUER, bearer_token};
 pub use tls::{client_config, server_config};

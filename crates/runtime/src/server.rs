@@ -22,7 +22,7 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use trustmesh_identity::PeerIdentity;
-use trustmesh_policy::{PolicyEngine, PolicyLayer, PolicyMetrics};
+use trustmesh_policy::{PolicyEngine, PolicyLayer, PolicyMetrics, SubjectResolver};
 use trustmesh_telemetry::{MetricsRegistry, Readiness};
 
 use crate::{RuntimeError, Shutdown, tls};
@@ -51,6 +51,7 @@ pub struct GrpcServer {
     metrics: MetricsRegistry,
     readiness: Readiness,
     health_services: Vec<String>,
+    subject_resolver: Option<Arc<dyn SubjectResolver>>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -101,7 +102,15 @@ impl GrpcServer {
             metrics: MetricsRegistry::new(),
             readiness: Readiness::new(),
             health_services: Vec::new(),
+            subject_resolver: None,
         }
+    }
+
+    /// How the end user of a call is found (usually by verifying the bearer
+    /// access token); without one, `input.subject` is always null.
+    pub fn subject_resolver(mut self, resolver: Arc<dyn SubjectResolver>) -> Self {
+        self.subject_resolver = Some(resolver);
+        self
     }
 
     /// The gRPC listen address (default `127.0.0.1:0`, any free port).
@@ -172,8 +181,11 @@ impl GrpcServer {
             );
             family
         });
-        let layer = PolicyLayer::new(self.policy.clone(), &self.service, policy_metrics)
+        let mut layer = PolicyLayer::new(self.policy.clone(), &self.service, policy_metrics)
             .with_descriptors(&self.descriptors)?;
+        if let Some(resolver) = self.subject_resolver.clone() {
+            layer = layer.with_subject_resolver(resolver);
+        }
 
         let shutdown_admin = shutdown.clone();
         let (admin, admin_serve) = trustmesh_telemetry::serve_admin(

@@ -5,36 +5,52 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
+use tower::Layer;
 use trustmesh_runtime::Shutdown;
 use trustmesh_telemetry::Readiness;
 
 use crate::GatewayError;
+use crate::api::Api;
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The gateway's routes. `readiness` drives `/readyz`.
+/// The gateway's operational routes (`/healthz`, `/readyz`) alone.
+/// `readiness` drives `/readyz`.
 pub fn router(readiness: Readiness) -> Router {
-    Router::new()
+    build(readiness, None)
+}
+
+/// The whole gateway: the operational routes and the REST API of [`Api`].
+pub fn app(readiness: Readiness, api: Api) -> Router {
+    build(readiness, Some(api))
+}
+
+fn build(readiness: Readiness, api: Option<Api>) -> Router {
+    let mut router = Router::new()
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(readyz))
+        .with_state(readiness);
+    if let Some(api) = api {
+        router = router.merge(crate::api::routes(api));
+    }
+    router
         .fallback(not_found)
-        .with_state(readiness)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -52,6 +68,14 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept this method",
+    )
 }
 
 /// An error response in the mesh's JSON shape `{"error": {"code", "message"}}`.
@@ -77,9 +101,12 @@ async fn security_headers(mut response: Response) -> Response {
             header::CONTENT_SECURITY_POLICY,
             "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
-        (header::CACHE_CONTROL, "no-store"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));
+    }
+    // A route may declare itself cacheable (the JWKS); nothing else is.
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
 }
@@ -125,6 +152,8 @@ pub(crate) async fn serve_https(
                     Err(_) => return,
                 };
                 let builder = auto::Builder::new(TokioExecutor::new());
+                // Handlers read the TCP peer (the client, or a proxy) here.
+                let app = Extension(ConnectInfo(remote)).layer(app);
                 let conn = builder.serve_connection_with_upgrades(
                     TokioIo::new(tls),
                     TowerToHyperService::new(app),

@@ -2,10 +2,15 @@
 //! `https://127.0.0.1:8443` (TLS from a local CA kept in the data directory),
 //! in front of the services it reaches over mTLS gRPC.
 //!
-//! Today it answers the operational routes (`/healthz`, `/readyz`) and, like
-//! every mesh process, serves `grpc.health.v1` over mTLS with its own SVID.
-//! Service routes (`/api/v1/...`) arrive with the services behind them.
+//! It answers the operational routes (`/healthz`, `/readyz`), the REST API of
+//! the auth and user services under `/api/v1` ([`api`]: cookies or bearer
+//! tokens, CSRF, the route policy, forwarding over mTLS gRPC) and, like every
+//! mesh process, serves `grpc.health.v1` over mTLS with its own SVID.
+//!
+//! `TRUSTMESH_TRUSTED_PROXIES` (comma-separated CIDRs) names the proxies
+//! whose `X-Forwarded-For` the gateway believes.
 
+pub mod api;
 mod http;
 pub mod local_ca;
 
@@ -14,10 +19,11 @@ use std::path::PathBuf;
 
 use spiffe::X509Source;
 use trustmesh_policy::PolicyEngine;
-use trustmesh_runtime::{GrpcServer, RuntimeError, Shutdown};
+use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RuntimeError, Shutdown};
 use trustmesh_telemetry::MetricsRegistry;
 
-pub use http::router;
+pub use api::Api;
+pub use http::{app, router};
 
 /// Errors of the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,9 @@ pub enum GatewayError {
     /// The local HTTPS certificate authority could not be prepared.
     #[error(transparent)]
     LocalCa(#[from] local_ca::LocalCaError),
+    /// The configuration is unusable (e.g. `TRUSTMESH_TRUSTED_PROXIES`).
+    #[error("{0}")]
+    Config(String),
     /// The HTTPS listener could not be bound.
     #[error("cannot listen for HTTPS on {addr}: {source}")]
     Bind {
@@ -90,8 +99,19 @@ pub async fn start(
     policy: PolicyEngine,
     shutdown: Shutdown,
 ) -> Result<RunningGateway, GatewayError> {
+    let proxies = api::session::TrustedProxies::from_env().map_err(GatewayError::Config)?;
     let ca = local_ca::LocalCa::ensure(&config.data_dir.join("gateway"))?;
     let tls = ca.server_config()?;
+
+    // The services behind the REST API, over mTLS, found through the run
+    // reports of the data directory (or TRUSTMESH_<NAME>_ADDR).
+    let mesh = MeshClient::new(source.clone(), &config.trust_domain);
+    let directory = Directory::new(&config.data_dir);
+    let auth = mesh.service_channel(&directory, "auth")?;
+    let user = mesh.service_channel(&directory, "user")?;
+    let verifier = api::session::mesh_verifier(auth.clone());
+    let rest = Api::new(auth, user, verifier, policy.clone(), proxies);
+
     let metrics = MetricsRegistry::new();
     let server = GrpcServer::new("gateway", &config.trust_domain, source, policy)
         .grpc_addr(config.grpc_addr)
@@ -102,7 +122,7 @@ pub async fn start(
         .start(tonic::service::Routes::default(), shutdown.clone())
         .await?;
     let (https, https_task) =
-        http::serve_https(config.https_addr, tls, router(readiness), shutdown).await?;
+        http::serve_https(config.https_addr, tls, app(readiness, rest), shutdown).await?;
     tracing::info!(%https, ca = %ca.ca_path().display(), "gateway HTTPS ready");
     Ok(RunningGateway {
         addrs: GatewayAddrs {

@@ -1,0 +1,867 @@
+//! The `trustmesh.auth.v1.Auth` gRPC service: registration with mandatory
+//! TOTP, the two-step MFA login, sessions with rotating refresh tokens, and
+//! the JWKS. The policy layer has decided who may call; handlers apply the
+//! rules of the auth domain.
+//!
+//! Status messages start with a stable reason code (`invalid_credentials:
+//! …`); the gateway maps them to HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use trustmesh_keyring::KeyRing;
+use trustmesh_policy::Subject;
+use trustmesh_proto::trustmesh::auth::v1::auth_server::Auth;
+use trustmesh_proto::trustmesh::auth::v1::*;
+use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
+use trustmesh_proto::trustmesh::user::v1::{EnsureProfileRequest, GetRoleRequest};
+use trustmesh_store::StoreError;
+use trustmesh_tokens::TokenIssuer;
+
+use crate::lockout::LockoutPolicy;
+use crate::password::{Hasher, check_policy};
+use crate::store::{Account, AuthStore, RefreshUse, SessionRow, unix_now};
+use crate::{email, recovery, totp};
+
+/// Lifetimes and limits of the auth domain.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Failed-login lockout rules.
+    pub lockout: LockoutPolicy,
+    /// A session ends after this long without a refresh.
+    pub session_idle: Duration,
+    /// A session ends this long after login, whatever happens.
+    pub session_max: Duration,
+    /// How long an MFA ticket (between the two login steps) lives.
+    pub mfa_ticket_ttl: Duration,
+    /// How long an unconfirmed enrolment lives.
+    pub enrollment_ttl: Duration,
+    /// Wrong codes allowed per MFA ticket or enrolment.
+    pub max_code_attempts: i64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            lockout: LockoutPolicy::default(),
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 3600),
+            mfa_ticket_ttl: Duration::from_secs(5 * 60),
+            enrollment_ttl: Duration::from_secs(30 * 60),
+            max_code_attempts: 5,
+        }
+    }
+}
+
+/// The auth service.
+#[derive(Clone)]
+pub struct AuthService {
+    store: AuthStore,
+    hasher: Arc<Hasher>,
+    secrets: Arc<KeyRing>,
+    tokens: TokenIssuer,
+    users: UserClient<Channel>,
+    settings: AuthSettings,
+}
+
+impl std::fmt::Debug for AuthService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthService").finish_non_exhaustive()
+    }
+}
+
+/// `reason: message` as the status message, the convention the gateway maps.
+fn status(code: tonic::Code, reason: &str, message: &str) -> Status {
+    Status::new(code, format!("{reason}: {message}"))
+}
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %e, "auth store failed");
+    Status::internal("storage failure")
+}
+
+fn invalid_credentials() -> Status {
+    status(
+        tonic::Code::Unauthenticated,
+        "invalid_credentials",
+        "wrong email or password",
+    )
+}
+
+/// A fresh 256-bit random token, URL-safe base64 without padding.
+fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    data_encoding::BASE64URL_NOPAD.encode(&bytes)
+}
+
+/// How tokens are stored: SHA-256, hex.
+fn token_hash(token: &str) -> String {
+    data_encoding::HEXLOWER.encode(&Sha256::digest(token.as_bytes()))
+}
+
+fn metadata_text<T>(request: &Request<T>, name: &str) -> String {
+    request
+        .metadata()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.chars().take(512).collect())
+        .unwrap_or_default()
+}
+
+fn subject<T>(request: &Request<T>) -> Result<Subject, Status> {
+    request
+        .extensions()
+        .get::<Subject>()
+        .cloned()
+        .ok_or_else(|| {
+            status(
+                tonic::Code::Unauthenticated,
+                "token_missing",
+                "an access token is required",
+            )
+        })
+}
+
+fn locked(retry_after: i64) -> Status {
+    let mut status = status(
+        tonic::Code::ResourceExhausted,
+        "account_locked",
+        "too many failed attempts; try again later",
+    );
+    if let Ok(value) = retry_after.max(1).to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
+}
+
+impl AuthService {
+    /// A service over `store`, sealing TOTP seeds with `secrets`, signing
+    /// access tokens with `tokens`, and asking the user service (`users`)
+    /// for roles.
+    pub fn new(
+        store: AuthStore,
+        hasher: Hasher,
+        secrets: KeyRing,
+        tokens: TokenIssuer,
+        users: Channel,
+        settings: AuthSettings,
+    ) -> Self {
+        Self {
+            store,
+            hasher: Arc::new(hasher),
+            secrets: Arc::new(secrets),
+            tokens,
+            users: UserClient::new(users),
+            settings,
+        }
+    }
+
+    async fn hash_password(&self, password: String) -> Result<String, Status> {
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || hasher.hash(&password))
+            .await
+            .map_err(|_| Status::internal("hashing failed"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "password hashing failed");
+                Status::internal("hashing failed")
+            })
+    }
+
+    /// Verifies a password off the async threads; `(ok, needs_rehash)`.
+    async fn verify_password(
+        &self,
+        password: String,
+        phc: Option<String>,
+    ) -> Result<(bool, bool), Status> {
+        let hasher = self.hasher.clone();
+        tokio::task::spawn_blocking(move || match phc {
+            Some(phc) => hasher
+                .verify(&password, &phc)
+                .map(|v| (v.ok, v.needs_rehash))
+                .unwrap_or((false, false)),
+            None => {
+                // Unknown account: spend the same time as a real check.
+                hasher.dummy_verify(&password);
+                (false, false)
+            }
+        })
+        .await
+        .map_err(|_| Status::internal("verification failed"))
+    }
+
+    fn totp_secret(&self, account: &Account) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
+        let sealed = data_encoding::BASE64
+            .decode(account.totp_sealed.as_bytes())
+            .map_err(|_| Status::internal("corrupt TOTP seed"))?;
+        self.secrets
+            .open_sealed(&sealed, account.user_id.as_bytes())
+            .map_err(|e| {
+                tracing::error!(user_id = %account.user_id, error = %e, "cannot unseal a TOTP seed");
+                Status::internal("cannot read the TOTP seed")
+            })
+    }
+
+    /// Records a failed login and locks the account when it reaches the
+    /// limit.
+    async fn fail_login(&self, user_id: Option<&str>, client_ip: &str) -> Result<(), Status> {
+        self.store
+            .record_failure(user_id, client_ip)
+            .await
+            .map_err(internal)?;
+        let Some(user_id) = user_id else {
+            return Ok(());
+        };
+        let now = unix_now();
+        let window = self.settings.lockout.window.as_secs() as i64;
+        let failures = self
+            .store
+            .failures_for_user(user_id, now - window)
+            .await
+            .map_err(internal)?;
+        let limit = self.settings.lockout.max_failures;
+        if limit > 0 && failures >= i64::from(limit) {
+            let until = now + self.settings.lockout.lock_for.as_secs() as i64;
+            self.store
+                .lock(user_id, until, client_ip)
+                .await
+                .map_err(internal)?;
+            tracing::warn!(%user_id, %client_ip, failures, "account locked");
+        }
+        Ok(())
+    }
+
+    async fn check_ip(&self, client_ip: &str) -> Result<(), Status> {
+        let limit = self.settings.lockout.per_ip_max_failures;
+        if client_ip.is_empty() || limit == 0 {
+            return Ok(());
+        }
+        let window = self.settings.lockout.window.as_secs() as i64;
+        let failures = self
+            .store
+            .failures_for_ip(client_ip, unix_now() - window)
+            .await
+            .map_err(internal)?;
+        if failures >= i64::from(limit) {
+            tracing::warn!(%client_ip, failures, "login rate limit for this address");
+            return Err(status(
+                tonic::Code::ResourceExhausted,
+                "too_many_attempts",
+                "too many failed logins from this address",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn role_of(&self, account: &Account) -> Result<String, Status> {
+        let mut users = self.users.clone();
+        match users
+            .get_role(GetRoleRequest {
+                user_id: account.user_id.clone(),
+            })
+            .await
+        {
+            Ok(reply) => Ok(reply.into_inner().role),
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                let profile = users
+                    .ensure_profile(EnsureProfileRequest {
+                        user_id: account.user_id.clone(),
+                        email: account.email.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                Ok(profile.role)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn token_reply(
+        &self,
+        session: &SessionRow,
+        role: &str,
+        refresh: String,
+    ) -> Result<TokenReply, Status> {
+        let amr: Vec<&str> = session.amr.split(',').filter(|s| !s.is_empty()).collect();
+        let (access, claims) = self
+            .tokens
+            .issue(&session.user_id, role, &session.session_id, &amr)
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sign an access token");
+                Status::internal("cannot sign an access token")
+            })?;
+        Ok(TokenReply {
+            access_token: access,
+            refresh_token: refresh,
+            expires_in_seconds: claims.exp - claims.iat,
+            session_id: session.session_id.clone(),
+            user_id: session.user_id.clone(),
+            role: role.to_owned(),
+        })
+    }
+
+    fn session_active(&self, session: &SessionRow) -> bool {
+        session.is_active(unix_now(), self.settings.session_idle.as_secs() as i64)
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
+        let req = request.into_inner();
+        let email = email::normalize(&req.email).map_err(|e| {
+            status(
+                tonic::Code::InvalidArgument,
+                "invalid_email",
+                &e.to_string(),
+            )
+        })?;
+        check_policy(&req.password, &email)
+            .map_err(|rule| status(tonic::Code::InvalidArgument, rule.code(), &rule.to_string()))?;
+        if self
+            .store
+            .account_by_email(&email)
+            .await
+            .map_err(internal)?
+            .is_some()
+        {
+            return Err(status(
+                tonic::Code::AlreadyExists,
+                "email_taken",
+                "an account with this email exists",
+            ));
+        }
+        let user_id = uuid::Uuid::now_v7().to_string();
+        let password_hash = self.hash_password(req.password).await?;
+        let enrollment = totp::Enrollment::new(&email).map_err(|e| {
+            tracing::error!(error = %e, "cannot create a TOTP enrolment");
+            Status::internal("cannot create the TOTP enrolment")
+        })?;
+        let sealed = self
+            .secrets
+            .seal(&enrollment.secret_bytes, user_id.as_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot seal a TOTP seed");
+                Status::internal("cannot seal the TOTP seed")
+            })?;
+        let token = random_token();
+        let account = Account {
+            user_id: user_id.clone(),
+            email,
+            password_hash,
+            totp_sealed: data_encoding::BASE64.encode(&sealed),
+            totp_last_step: -1,
+            confirmed: false,
+        };
+        let expires = unix_now() + self.settings.enrollment_ttl.as_secs() as i64;
+        if !self
+            .store
+            .create_account(&account, &token_hash(&token), expires)
+            .await
+            .map_err(internal)?
+        {
+            return Err(status(
+                tonic::Code::AlreadyExists,
+                "email_taken",
+                "an account with this email exists",
+            ));
+        }
+        tracing::info!(%user_id, "account registered, awaiting TOTP confirmation");
+        Ok(Response::new(RegisterReply {
+            user_id,
+            enrollment_token: token,
+            otpauth_uri: enrollment.otpauth_uri.clone(),
+            qr_svg: enrollment.qr_svg.clone(),
+        }))
+    }
+
+    async fn confirm_registration(
+        &self,
+        request: Request<ConfirmRegistrationRequest>,
+    ) -> Result<Response<ConfirmRegistrationReply>, Status> {
+        let req = request.into_inner();
+        let hash = token_hash(&req.enrollment_token);
+        let user_id = self
+            .store
+            .enrollment_attempt(&hash, self.settings.max_code_attempts)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::NotFound,
+                    "enrollment_not_found",
+                    "unknown or expired enrolment",
+                )
+            })?;
+        let account = self
+            .store
+            .account(&user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::NotFound,
+                    "enrollment_not_found",
+                    "unknown or expired enrolment",
+                )
+            })?;
+        let secret = self.totp_secret(&account)?;
+        let last = u64::try_from(account.totp_last_step).ok();
+        let step = totp::verify(&secret, &req.code, unix_now() as u64, last)
+            .map_err(|e| status(tonic::Code::Unauthenticated, "invalid_code", &e.to_string()))?;
+        let (codes, hashes) = recovery::generate();
+        if !self
+            .store
+            .confirm(&user_id, &hash, step as i64, &hashes)
+            .await
+            .map_err(internal)?
+        {
+            return Err(status(
+                tonic::Code::Unauthenticated,
+                "code_replayed",
+                "this code was already used",
+            ));
+        }
+        let mut users = self.users.clone();
+        users
+            .ensure_profile(EnsureProfileRequest {
+                user_id: user_id.clone(),
+                email: account.email.clone(),
+            })
+            .await?;
+        tracing::info!(%user_id, "TOTP enrolment confirmed");
+        Ok(Response::new(ConfirmRegistrationReply {
+            recovery_codes: codes,
+        }))
+    }
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
+        let client_ip = metadata_text(&request, "x-client-ip");
+        let req = request.into_inner();
+        self.check_ip(&client_ip).await?;
+        let account = match email::normalize(&req.email) {
+            Ok(email) => self
+                .store
+                .account_by_email(&email)
+                .await
+                .map_err(internal)?,
+            Err(_) => None,
+        };
+        if let Some(account) = &account
+            && let Some(until) = self
+                .store
+                .locked_until(&account.user_id, unix_now())
+                .await
+                .map_err(internal)?
+        {
+            return Err(locked(until - unix_now()));
+        }
+        let (ok, needs_rehash) = self
+            .verify_password(
+                req.password.clone(),
+                account.as_ref().map(|a| a.password_hash.clone()),
+            )
+            .await?;
+        let account = match account {
+            Some(account) if ok => account,
+            other => {
+                let user_id = other.map(|a| a.user_id);
+                self.fail_login(user_id.as_deref(), &client_ip).await?;
+                return Err(invalid_credentials());
+            }
+        };
+        if !account.confirmed {
+            return Err(status(
+                tonic::Code::PermissionDenied,
+                "account_not_confirmed",
+                "confirm the TOTP enrolment first",
+            ));
+        }
+        if needs_rehash {
+            let phc = self.hash_password(req.password).await?;
+            self.store
+                .set_password_hash(&account.user_id, &phc)
+                .await
+                .map_err(internal)?;
+        }
+        let ticket = random_token();
+        let ttl = self.settings.mfa_ticket_ttl.as_secs() as i64;
+        self.store
+            .create_ticket(&token_hash(&ticket), &account.user_id, unix_now() + ttl)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(LoginReply {
+            mfa_ticket: ticket,
+            expires_in_seconds: ttl,
+        }))
+    }
+
+    async fn login_mfa(
+        &self,
+        request: Request<LoginMfaRequest>,
+    ) -> Result<Response<TokenReply>, Status> {
+        let client_ip = metadata_text(&request, "x-client-ip");
+        let user_agent = metadata_text(&request, "x-client-user-agent");
+        let req = request.into_inner();
+        let ticket_hash = token_hash(&req.mfa_ticket);
+        let user_id = self
+            .store
+            .ticket_attempt(&ticket_hash, self.settings.max_code_attempts)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::Unauthenticated,
+                    "mfa_ticket_invalid",
+                    "unknown or expired MFA ticket",
+                )
+            })?;
+        let account = self
+            .store
+            .account(&user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(invalid_credentials)?;
+        if let Some(until) = self
+            .store
+            .locked_until(&user_id, unix_now())
+            .await
+            .map_err(internal)?
+        {
+            return Err(locked(until - unix_now()));
+        }
+        let amr = match (req.code.is_empty(), req.recovery_code.is_empty()) {
+            (false, true) => {
+                let secret = self.totp_secret(&account)?;
+                let last = u64::try_from(account.totp_last_step).ok();
+                let step = match totp::verify(&secret, &req.code, unix_now() as u64, last) {
+                    Ok(step) => step,
+                    Err(totp::TotpError::Replayed) => {
+                        self.fail_login(Some(&user_id), &client_ip).await?;
+                        return Err(status(
+                            tonic::Code::Unauthenticated,
+                            "code_replayed",
+                            "this code was already used",
+                        ));
+                    }
+                    Err(_) => {
+                        self.fail_login(Some(&user_id), &client_ip).await?;
+                        return Err(status(
+                            tonic::Code::Unauthenticated,
+                            "invalid_code",
+                            "wrong code",
+                        ));
+                    }
+                };
+                if !self
+                    .store
+                    .use_totp_step(&user_id, step as i64)
+                    .await
+                    .map_err(internal)?
+                {
+                    self.fail_login(Some(&user_id), &client_ip).await?;
+                    return Err(status(
+                        tonic::Code::Unauthenticated,
+                        "code_replayed",
+                        "this code was already used",
+                    ));
+                }
+                "pwd,otp"
+            }
+            (true, false) => {
+                let hash = recovery::hash(&req.recovery_code);
+                if !self
+                    .store
+                    .use_recovery_code(&user_id, &hash)
+                    .await
+                    .map_err(internal)?
+                {
+                    self.fail_login(Some(&user_id), &client_ip).await?;
+                    return Err(status(
+                        tonic::Code::Unauthenticated,
+                        "invalid_code",
+                        "wrong or used recovery code",
+                    ));
+                }
+                "pwd,recovery"
+            }
+            _ => {
+                return Err(status(
+                    tonic::Code::InvalidArgument,
+                    "invalid_request",
+                    "give exactly one of code and recovery_code",
+                ));
+            }
+        };
+        self.store
+            .delete_ticket(&ticket_hash)
+            .await
+            .map_err(internal)?;
+        self.store
+            .clear_failures(&user_id)
+            .await
+            .map_err(internal)?;
+        let role = self.role_of(&account).await?;
+        let now = unix_now();
+        let session = SessionRow {
+            session_id: uuid::Uuid::now_v7().to_string(),
+            user_id: user_id.clone(),
+            created_at: now,
+            last_seen_at: now,
+            absolute_expires_at: now + self.settings.session_max.as_secs() as i64,
+            revoked_at: None,
+            client_ip,
+            user_agent,
+            amr: amr.to_owned(),
+        };
+        let refresh = random_token();
+        self.store
+            .create_session(&session, &token_hash(&refresh))
+            .await
+            .map_err(internal)?;
+        tracing::info!(%user_id, session_id = %session.session_id, %amr, "login");
+        Ok(Response::new(self.token_reply(&session, &role, refresh)?))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<RefreshRequest>,
+    ) -> Result<Response<TokenReply>, Status> {
+        let req = request.into_inner();
+        let session_id = match self
+            .store
+            .use_refresh_token(&token_hash(&req.refresh_token))
+            .await
+            .map_err(internal)?
+        {
+            RefreshUse::Unknown => {
+                return Err(status(
+                    tonic::Code::Unauthenticated,
+                    "refresh_invalid",
+                    "unknown refresh token",
+                ));
+            }
+            RefreshUse::Reused(session_id) => {
+                // A spent token came back: someone holds a copy. End the
+                // whole session so neither holder can go on.
+                self.store
+                    .revoke_session(&session_id, "refresh_reuse")
+                    .await
+                    .map_err(internal)?;
+                tracing::warn!(%session_id, "refresh token reused; session revoked");
+                return Err(status(
+                    tonic::Code::Unauthenticated,
+                    "refresh_reused",
+                    "this refresh token was already used; the session is revoked",
+                ));
+            }
+            RefreshUse::Fresh(session_id) => session_id,
+        };
+        let session = self
+            .store
+            .session(&session_id)
+            .await
+            .map_err(internal)?
+            .filter(|s| self.session_active(s))
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::Unauthenticated,
+                    "session_expired",
+                    "the session has ended",
+                )
+            })?;
+        let account = self
+            .store
+            .account(&session.user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::Unauthenticated,
+                    "session_expired",
+                    "the session has ended",
+                )
+            })?;
+        let role = self.role_of(&account).await?;
+        let refresh = random_token();
+        self.store
+            .rotate_refresh(&session.session_id, &token_hash(&refresh))
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(self.token_reply(&session, &role, refresh)?))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<LogoutRequest>,
+    ) -> Result<Response<LogoutReply>, Status> {
+        let me = subject(&request)?;
+        self.store
+            .revoke_session(&me.sid, "logout")
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(LogoutReply {}))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<ListSessionsRequest>,
+    ) -> Result<Response<ListSessionsReply>, Status> {
+        let me = subject(&request)?;
+        let sessions = self.store.sessions_of(&me.sub).await.map_err(internal)?;
+        let to_text = |t: i64| {
+            time::OffsetDateTime::from_unix_timestamp(t)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default()
+        };
+        Ok(Response::new(ListSessionsReply {
+            sessions: sessions
+                .into_iter()
+                .filter(|s| self.session_active(s))
+                .map(|s| Session {
+                    current: s.session_id == me.sid,
+                    session_id: s.session_id,
+                    created_at: to_text(s.created_at),
+                    last_seen_at: to_text(s.last_seen_at),
+                    client_ip: s.client_ip,
+                    user_agent: s.user_agent,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_session(
+        &self,
+        request: Request<RevokeSessionRequest>,
+    ) -> Result<Response<RevokeSessionReply>, Status> {
+        let me = subject(&request)?;
+        let req = request.into_inner();
+        let owned = self
+            .store
+            .session(&req.session_id)
+            .await
+            .map_err(internal)?
+            .is_some_and(|s| s.user_id == me.sub);
+        if !owned {
+            return Err(status(
+                tonic::Code::NotFound,
+                "session_not_found",
+                "no such session",
+            ));
+        }
+        self.store
+            .revoke_session(&req.session_id, "revoked_by_user")
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(RevokeSessionReply {}))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<ChangePasswordRequest>,
+    ) -> Result<Response<ChangePasswordReply>, Status> {
+        let me = subject(&request)?;
+        let req = request.into_inner();
+        let account = self
+            .store
+            .account(&me.sub)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::NotFound,
+                    "account_not_found",
+                    "no such account",
+                )
+            })?;
+        let (ok, _) = self
+            .verify_password(req.current_password, Some(account.password_hash.clone()))
+            .await?;
+        if !ok {
+            return Err(status(
+                tonic::Code::PermissionDenied,
+                "wrong_password",
+                "the current password is wrong",
+            ));
+        }
+        check_policy(&req.new_password, &account.email)
+            .map_err(|rule| status(tonic::Code::InvalidArgument, rule.code(), &rule.to_string()))?;
+        let phc = self.hash_password(req.new_password).await?;
+        self.store
+            .change_password(&me.sub, &phc, &me.sid)
+            .await
+            .map_err(internal)?;
+        tracing::info!(user_id = %me.sub, "password changed; other sessions revoked");
+        Ok(Response::new(ChangePasswordReply {}))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<GetJwksRequest>,
+    ) -> Result<Response<GetJwksReply>, Status> {
+        if let Err(e) = self.tokens.keys().rotate_if_due() {
+            tracing::error!(error = %e, "signing key rotation failed");
+        }
+        Ok(Response::new(GetJwksReply {
+            jwks_json: self.tokens.keys().jwks_json(),
+        }))
+    }
+
+    async fn check_session(
+        &self,
+        request: Request<CheckSessionRequest>,
+    ) -> Result<Response<CheckSessionReply>, Status> {
+        let req = request.into_inner();
+        let active = self
+            .store
+            .session(&req.session_id)
+            .await
+            .map_err(internal)?
+            .is_some_and(|s| self.session_active(&s));
+        Ok(Response::new(CheckSessionReply { active }))
+    }
+
+    async fn verify_password(
+        &self,
+        request: Request<VerifyPasswordRequest>,
+    ) -> Result<Response<VerifyPasswordReply>, Status> {
+        let req = request.into_inner();
+        let account = self.store.account(&req.user_id).await.map_err(internal)?;
+        let (ok, _) = self
+            .verify_password(req.password, account.map(|a| a.password_hash))
+            .await?;
+        Ok(Response::new(VerifyPasswordReply { ok }))
+    }
+
+    async fn delete_account(
+        &self,
+        request: Request<DeleteAccountRequest>,
+    ) -> Result<Response<DeleteAccountReply>, Status> {
+        let req = request.into_inner();
+        if !self
+            .store
+            .delete_account(&req.user_id)
+            .await
+            .map_err(internal)?
+        {
+            return Err(status(
+                tonic::Code::NotFound,
+                "account_not_found",
+                "no such account",
+            ));
+        }
+        tracing::info!(user_id = %req.user_id, "account deleted");
+        Ok(Response::new(DeleteAccountReply {}))
+    }
+}

@@ -1,0 +1,196 @@
+//! The REST API under `/api/v1` (and `/.well-known/jwks.json`): JSON in and
+//! out, errors as `{"error": {"code", "message"}}` ([`errors`]).
+//!
+//! Each route runs behind [`session::guard`] (CSRF double submit, the
+//! caller's access token verified here, the route authorized by the
+//! gateway's Rego package), then calls the auth or user service over mTLS
+//! gRPC with the end user's token and the client's facts as metadata; the
+//! services verify the token and authorize the call again.
+//!
+//! | route | service call |
+//! | --- | --- |
+//! | `POST /api/v1/auth/register` | `Auth/Register` → 201 |
+//! | `POST /api/v1/auth/register/confirm` | `Auth/ConfirmRegistration` |
+//! | `POST /api/v1/auth/login` | `Auth/Login` |
+//! | `POST /api/v1/auth/login/mfa` | `Auth/LoginMfa` (cookies for `x-trustmesh-client: web`) |
+//! | `POST /api/v1/auth/refresh` | `Auth/Refresh` (body token, or the `tm_refresh` cookie) |
+//! | `POST /api/v1/auth/logout` | `Auth/Logout` → 204, clears the cookies |
+//! | `GET /api/v1/auth/sessions` | `Auth/ListSessions` |
+//! | `DELETE /api/v1/auth/sessions/{sid}` | `Auth/RevokeSession` → 204 |
+//! | `POST /api/v1/auth/password` | `Auth/ChangePassword` → 204 |
+//! | `GET /.well-known/jwks.json` | `Auth/GetJwks` (cacheable 5 min) |
+//! | `GET /api/v1/users/me` | `User/GetMe` |
+//! | `PATCH /api/v1/users/me` | `User/UpdateMe` |
+//! | `DELETE /api/v1/users/me` | `User/DeleteMe` → 204, clears the cookies |
+//! | `GET /api/v1/users?limit&after` | `User/ListUsers` (admin) |
+//! | `POST /api/v1/users/{id}/role` | `User/SetRole` (admin) |
+//! | `POST /api/v1/teams` | `User/CreateTeam` (admin) → 201 |
+//! | `POST /api/v1/teams/{id}/members` | `User/AddTeamMember` (admin, the team's manager) |
+
+mod auth;
+pub mod errors;
+pub mod session;
+mod users;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use tonic::transport::Channel;
+use trustmesh_policy::PolicyEngine;
+use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
+use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
+use trustmesh_tokens::Verifier;
+
+use self::errors::ApiError;
+use self::session::{RecentlyEnded, TrustedProxies};
+
+/// The `iss` of the access tokens the gateway accepts (the mesh's).
+pub const TOKEN_ISSUER: &str = trustmesh_runtime::TOKEN_ISSUER;
+/// The `aud` of the access tokens the gateway accepts (the mesh's).
+pub const TOKEN_AUDIENCE: &str = trustmesh_runtime::TOKEN_AUDIENCE;
+/// The largest request body accepted (64 KiB); larger is 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// How long the gateway waits for a service's answer (Argon2id included).
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the REST routes need: clients of the services, the token verifier,
+/// the policy and the trusted proxies. Cheap to clone.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    auth: AuthClient<Channel>,
+    user: UserClient<Channel>,
+    verifier: Verifier,
+    policy: PolicyEngine,
+    proxies: TrustedProxies,
+    timeout: Duration,
+    ended: Arc<RecentlyEnded>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("verifier", &self.inner.verifier)
+            .field("proxies", &self.inner.proxies)
+            .field("timeout", &self.inner.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    /// The API over channels to the auth and user services (normally
+    /// [`trustmesh_runtime::MeshClient::service_channel`]s), verifying access
+    /// tokens with `verifier` (normally [`session::mesh_verifier`]) and
+    /// authorizing routes with `policy`.
+    pub fn new(
+        auth: Channel,
+        user: Channel,
+        verifier: Verifier,
+        policy: PolicyEngine,
+        proxies: TrustedProxies,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                auth: AuthClient::new(auth),
+                user: UserClient::new(user),
+                verifier,
+                policy,
+                proxies,
+                timeout: UPSTREAM_TIMEOUT,
+                ended: Arc::default(),
+            }),
+        }
+    }
+
+    /// The same API with another upstream time limit (tests).
+    pub fn with_upstream_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).timeout = timeout;
+        self
+    }
+
+    pub(crate) fn auth(&self) -> AuthClient<Channel> {
+        self.inner.auth.clone()
+    }
+
+    pub(crate) fn user(&self) -> UserClient<Channel> {
+        self.inner.user.clone()
+    }
+
+    pub(crate) fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
+    }
+
+    pub(crate) fn policy(&self) -> &PolicyEngine {
+        &self.inner.policy
+    }
+
+    pub(crate) fn proxies(&self) -> &TrustedProxies {
+        &self.inner.proxies
+    }
+
+    /// Sessions this gateway has just ended.
+    pub(crate) fn ended(&self) -> &RecentlyEnded {
+        &self.inner.ended
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// Awaits a service call within the upstream time limit and maps its
+    /// status to the REST answer.
+    pub(crate) async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ApiError> {
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ApiError::from_status(&status)),
+            Err(_) => {
+                tracing::warn!("upstream call timed out");
+                Err(ApiError::unavailable(
+                    "a service behind the gateway did not answer in time",
+                ))
+            }
+        }
+    }
+}
+
+/// The REST routes with their guard and body limit.
+pub fn routes(api: Api) -> Router {
+    Router::new()
+        .route("/api/v1/auth/register", post(auth::register))
+        .route("/api/v1/auth/register/confirm", post(auth::confirm))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/login/mfa", post(auth::login_mfa))
+        .route("/api/v1/auth/refresh", post(auth::refresh))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/sessions", get(auth::list_sessions))
+        .route("/api/v1/auth/sessions/{sid}", delete(auth::revoke_session))
+        .route("/api/v1/auth/password", post(auth::change_password))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route(
+            "/api/v1/users/me",
+            get(users::get_me)
+                .patch(users::update_me)
+                .delete(users::delete_me),
+        )
+        .route("/api/v1/users", get(users::list_users))
+        .route("/api/v1/users/{id}/role", post(users::set_role))
+        .route("/api/v1/teams", post(users::create_team))
+        .route("/api/v1/teams/{id}/members", post(users::add_team_member))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            session::guard,
+        ))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(api)
+}

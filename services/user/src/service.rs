@@ -1,0 +1,332 @@
+//! The `trustmesh.user.v1.User` gRPC service. The policy layer has already
+//! decided who may call what; handlers apply the domain rules (valid roles,
+//! the last admin, a manager's own team) and talk to the store.
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use trustmesh_policy::Subject;
+use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
+use trustmesh_proto::trustmesh::auth::v1::{DeleteAccountRequest, VerifyPasswordRequest};
+use trustmesh_proto::trustmesh::user::v1::user_server::User;
+use trustmesh_proto::trustmesh::user::v1::{
+    AddTeamMemberRequest, CreateTeamRequest, DeleteMeReply, DeleteMeRequest, EnsureProfileRequest,
+    GetMeRequest, GetRoleReply, GetRoleRequest, ListUsersReply, ListUsersRequest, Profile,
+    SetRoleRequest, Team, UpdateMeRequest,
+};
+use trustmesh_store::StoreError;
+
+use crate::store::{ProfileRow, ROLES, RoleChangeError, TeamRow, UserStore};
+
+/// The most profiles one `ListUsers` page returns.
+const MAX_PAGE: u32 = 200;
+/// The longest display name accepted.
+const MAX_DISPLAY_NAME: usize = 100;
+
+/// The user service.
+#[derive(Debug, Clone)]
+pub struct UserService {
+    store: UserStore,
+    auth: AuthClient<Channel>,
+}
+
+impl UserService {
+    /// A service over `store`, reaching the auth service through `auth`.
+    pub fn new(store: UserStore, auth: Channel) -> Self {
+        Self {
+            store,
+            auth: AuthClient::new(auth),
+        }
+    }
+}
+
+fn subject<T>(request: &Request<T>) -> Result<Subject, Status> {
+    request
+        .extensions()
+        .get::<Subject>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("an access token is required"))
+}
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %e, "user store failed");
+    Status::internal("storage failure")
+}
+
+fn to_profile(row: ProfileRow) -> Profile {
+    Profile {
+        user_id: row.user_id,
+        email: row.email,
+        display_name: row.display_name,
+        role: row.role,
+        team_id: row.team_id.unwrap_or_default(),
+        created_at: row.created_at,
+    }
+}
+
+fn to_team(row: TeamRow) -> Team {
+    Team {
+        team_id: row.team_id,
+        name: row.name,
+        manager_id: row.manager_id,
+        member_ids: row.member_ids,
+    }
+}
+
+fn valid_uuid(field: &str, value: &str) -> Result<(), Status> {
+    uuid::Uuid::parse_str(value)
+        .map(drop)
+        .map_err(|_| Status::invalid_argument(format!("{field} must be a UUID")))
+}
+
+#[tonic::async_trait]
+impl User for UserService {
+    async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<Profile>, Status> {
+        let me = subject(&request)?;
+        let row = self
+            .store
+            .profile(&me.sub)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no profile for this account"))?;
+        Ok(Response::new(to_profile(row)))
+    }
+
+    async fn update_me(
+        &self,
+        request: Request<UpdateMeRequest>,
+    ) -> Result<Response<Profile>, Status> {
+        let me = subject(&request)?;
+        if let Some(name) = &request.get_ref().display_name {
+            let name = name.trim();
+            if name.chars().count() > MAX_DISPLAY_NAME {
+                return Err(Status::invalid_argument(format!(
+                    "display_name is longer than {MAX_DISPLAY_NAME} characters"
+                )));
+            }
+            if name.chars().any(char::is_control) {
+                return Err(Status::invalid_argument(
+                    "display_name contains control characters",
+                ));
+            }
+            if !self
+                .store
+                .set_display_name(&me.sub, name)
+                .await
+                .map_err(internal)?
+            {
+                return Err(Status::not_found("no profile for this account"));
+            }
+        }
+        self.get_me(request.map(|_| GetMeRequest {})).await
+    }
+
+    async fn delete_me(
+        &self,
+        request: Request<DeleteMeRequest>,
+    ) -> Result<Response<DeleteMeReply>, Status> {
+        let me = subject(&request)?;
+        let password = request.into_inner().password;
+        let mut auth = self.auth.clone();
+        let verified = auth
+            .verify_password(VerifyPasswordRequest {
+                user_id: me.sub.clone(),
+                password,
+            })
+            .await?
+            .into_inner();
+        if !verified.ok {
+            return Err(Status::permission_denied("the password is wrong"));
+        }
+        // Sessions and credentials first: once this returns, no token of
+        // the account is accepted any more.
+        auth.delete_account(DeleteAccountRequest {
+            user_id: me.sub.clone(),
+        })
+        .await?;
+        self.store.delete(&me.sub).await.map_err(internal)?;
+        tracing::info!(user_id = %me.sub, "account deleted");
+        Ok(Response::new(DeleteMeReply {}))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersReply>, Status> {
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 50,
+            n => n.min(MAX_PAGE),
+        };
+        let rows = self.store.list(&req.after, limit).await.map_err(internal)?;
+        let next = if rows.len() == limit as usize {
+            rows.last().map(|r| r.user_id.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListUsersReply {
+            users: rows.into_iter().map(to_profile).collect(),
+            next,
+        }))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<SetRoleRequest>,
+    ) -> Result<Response<Profile>, Status> {
+        let changed_by = request
+            .extensions()
+            .get::<Subject>()
+            .map(|s| s.sub.clone())
+            .unwrap_or_else(|| "ops".to_owned());
+        let req = request.into_inner();
+        if !ROLES.contains(&req.role.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "role must be one of {}",
+                ROLES.join(", ")
+            )));
+        }
+        let target = match (req.user_id.is_empty(), req.email.is_empty()) {
+            (false, true) => {
+                valid_uuid("user_id", &req.user_id)?;
+                req.user_id
+            }
+            (true, false) => self
+                .store
+                .profile_by_email(&req.email.trim().to_lowercase())
+                .await
+                .map_err(internal)?
+                .map(|p| p.user_id)
+                .ok_or_else(|| Status::not_found("no user with this email"))?,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of user_id and email",
+                ));
+            }
+        };
+        match self
+            .store
+            .set_role(&target, &req.role, &changed_by)
+            .await
+            .map_err(internal)?
+        {
+            Ok(from) => {
+                tracing::info!(user_id = %target, %from, to = %req.role, %changed_by, "role changed");
+            }
+            Err(RoleChangeError::NotFound) => return Err(Status::not_found("no such user")),
+            Err(RoleChangeError::LastAdmin) => {
+                tracing::info!(user_id = %target, to = %req.role, %changed_by, "refused: last admin");
+                return Err(Status::failed_precondition(
+                    "last_admin: the last admin cannot be demoted",
+                ));
+            }
+        }
+        let row = self
+            .store
+            .profile(&target)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no such user"))?;
+        Ok(Response::new(to_profile(row)))
+    }
+
+    async fn create_team(
+        &self,
+        request: Request<CreateTeamRequest>,
+    ) -> Result<Response<Team>, Status> {
+        let req = request.into_inner();
+        let name = req.name.trim();
+        if name.is_empty() || name.chars().count() > MAX_DISPLAY_NAME {
+            return Err(Status::invalid_argument("name must be 1 to 100 characters"));
+        }
+        valid_uuid("manager_id", &req.manager_id)?;
+        let manager = self
+            .store
+            .profile(&req.manager_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no such manager"))?;
+        if manager.role != "manager" && manager.role != "admin" {
+            return Err(Status::failed_precondition(
+                "manager_role_required: the manager must have the manager role",
+            ));
+        }
+        match self.store.create_team(name, &req.manager_id).await {
+            Ok(team) => Ok(Response::new(to_team(team))),
+            Err(StoreError::Query(e))
+                if e.as_database_error()
+                    .is_some_and(|d| d.is_unique_violation()) =>
+            {
+                Err(Status::already_exists("a team with this name exists"))
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn add_team_member(
+        &self,
+        request: Request<AddTeamMemberRequest>,
+    ) -> Result<Response<Team>, Status> {
+        let me = subject(&request)?;
+        let req = request.into_inner();
+        valid_uuid("team_id", &req.team_id)?;
+        valid_uuid("user_id", &req.user_id)?;
+        let team = self
+            .store
+            .team(&req.team_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no such team"))?;
+        // A manager's scope is their own team.
+        if me.role != "admin" && team.manager_id != me.sub {
+            return Err(Status::permission_denied(
+                "not_team_manager: managers manage only their own team",
+            ));
+        }
+        if !self
+            .store
+            .add_member(&req.team_id, &req.user_id)
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::not_found("no such user"));
+        }
+        let team = self
+            .store
+            .team(&req.team_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no such team"))?;
+        Ok(Response::new(to_team(team)))
+    }
+
+    async fn ensure_profile(
+        &self,
+        request: Request<EnsureProfileRequest>,
+    ) -> Result<Response<Profile>, Status> {
+        let req = request.into_inner();
+        valid_uuid("user_id", &req.user_id)?;
+        if req.email.is_empty() {
+            return Err(Status::invalid_argument("email is required"));
+        }
+        let row = self
+            .store
+            .ensure_profile(&req.user_id, &req.email)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(to_profile(row)))
+    }
+
+    async fn get_role(
+        &self,
+        request: Request<GetRoleRequest>,
+    ) -> Result<Response<GetRoleReply>, Status> {
+        let req = request.into_inner();
+        let row = self
+            .store
+            .profile(&req.user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("no such user"))?;
+        Ok(Response::new(GetRoleReply { role: row.role }))
+    }
+}

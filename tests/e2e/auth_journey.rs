@@ -1,0 +1,545 @@
+//! Who people are, end to end over HTTPS through `trustmesh up`: the whole
+//! journey (register → TOTP → confirm → login → MFA → protected route →
+//! refresh → logout → old tokens refused) and every refusal with its status
+//! code, on the embedded SQLite and on PostgreSQL.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use trustmesh_tests::{HttpsResponse, Mesh, PostgresDb, https_get, https_request};
+
+/// A client of one mesh's gateway.
+struct Api {
+    addr: SocketAddr,
+    ca: PathBuf,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Api {
+    fn new(mesh: &Mesh) -> Self {
+        Self {
+            addr: mesh.gateway_addr(),
+            ca: mesh.gateway_ca(),
+            rt: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> HttpsResponse {
+        let body = body.map(|b| b.to_string());
+        self.rt
+            .block_on(https_request(
+                self.addr,
+                &self.ca,
+                method,
+                path,
+                headers,
+                body.as_deref(),
+            ))
+            .unwrap()
+    }
+
+    fn post(&self, path: &str, body: Value) -> HttpsResponse {
+        self.call("POST", path, &[], Some(body))
+    }
+
+    fn get_with(&self, path: &str, token: &str) -> HttpsResponse {
+        let bearer = format!("Bearer {token}");
+        self.call("GET", path, &[("authorization", &bearer)], None)
+    }
+}
+
+fn json_of(response: &HttpsResponse) -> Value {
+    serde_json::from_str(&response.body).unwrap_or(Value::Null)
+}
+
+fn error_code(response: &HttpsResponse) -> String {
+    json_of(response)["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[track_caller]
+fn expect(response: &HttpsResponse, status: u16, code: &str) {
+    assert_eq!(response.status, status, "{response:?}");
+    if !code.is_empty() {
+        assert_eq!(error_code(response), code, "{response:?}");
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The TOTP code of the enrolment URI at `unix` time.
+fn totp_code(otpauth_uri: &str, unix: u64) -> String {
+    totp_rs::TOTP::from_url_unchecked(otpauth_uri)
+        .unwrap()
+        .generate(unix)
+}
+
+const PASSWORD: &str = "correct horse battery staple 7";
+
+struct Registered {
+    user_id: String,
+    otpauth_uri: String,
+    recovery_codes: Vec<String>,
+}
+
+fn register(api: &Api, email: &str) -> Registered {
+    let reg = api.post(
+        "/api/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    assert_eq!(reg.status, 201, "{reg:?}");
+    let reg = json_of(&reg);
+    let uri = reg["otpauth_uri"].as_str().unwrap().to_owned();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(reg["qr_svg"].as_str().unwrap().contains("<svg"));
+    let confirmed = api.post(
+        "/api/v1/auth/register/confirm",
+        json!({"enrollment_token": reg["enrollment_token"], "code": totp_code(&uri, now())}),
+    );
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    let codes: Vec<String> = json_of(&confirmed)["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    Registered {
+        user_id: reg["user_id"].as_str().unwrap().to_owned(),
+        otpauth_uri: uri,
+        recovery_codes: codes,
+    }
+}
+
+/// Logs in with the TOTP code of the next time step (the current one was
+/// spent by the enrolment) or a recovery code.
+fn login(api: &Api, email: &str, second_factor: Value) -> Value {
+    let step1 = api.post(
+        "/api/v1/auth/login",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    assert_eq!(step1.status, 200, "{step1:?}");
+    let ticket = json_of(&step1)["mfa_ticket"].clone();
+    assert!(
+        json_of(&step1).get("access_token").is_none(),
+        "the password step gives no session"
+    );
+    let mut body = second_factor;
+    body["mfa_ticket"] = ticket;
+    let step2 = api.post("/api/v1/auth/login/mfa", body);
+    assert_eq!(step2.status, 200, "{step2:?}");
+    json_of(&step2)
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// Forged access tokens, each of which the gateway must refuse.
+fn forgeries(api: &Api, valid: &str) -> Vec<(&'static str, String)> {
+    let claims_b64 = valid.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(valid.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let kid = header["kid"].as_str().unwrap().to_owned();
+    let jwks = api
+        .rt
+        .block_on(https_get(api.addr, "/.well-known/jwks.json", &api.ca))
+        .unwrap();
+    assert_eq!(jwks.status, 200, "{jwks:?}");
+    let jwks: Value = serde_json::from_str(&jwks.body).unwrap();
+    let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
+    let public_raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&public_x)
+        .unwrap();
+
+    let unsigned = |header: Value, claims: &Value| {
+        format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        )
+    };
+    let hs256 = |secret: &[u8], claims: &Value| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        h.kid = Some(kid.clone());
+        jsonwebtoken::encode(&h, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+    };
+    let with = |key: &str, value: Value| {
+        let mut c = claims.clone();
+        c[key] = value;
+        c
+    };
+    let resigned_payload = |c: &Value| {
+        // Same header and signature, altered claims: the signature no longer fits.
+        let parts: Vec<&str> = valid.split('.').collect();
+        format!(
+            "{}.{}.{}",
+            parts[0],
+            b64(c.to_string().as_bytes()),
+            parts[2]
+        )
+    };
+    vec![
+        (
+            "alg none",
+            format!(
+                "{}.",
+                unsigned(json!({"alg": "none", "typ": "JWT", "kid": kid}), &claims)
+            ),
+        ),
+        ("HS256 with the public key", hs256(&public_raw, &claims)),
+        (
+            "HS256 with the public key text",
+            hs256(public_x.as_bytes(), &claims),
+        ),
+        (
+            "wrong audience",
+            resigned_payload(&with("aud", json!("someone-else"))),
+        ),
+        (
+            "expired",
+            resigned_payload(&with("exp", json!(1_600_000_000))),
+        ),
+        ("unknown kid", {
+            let parts: Vec<&str> = valid.split('.').collect();
+            let mut h = header.clone();
+            h["kid"] = json!("no-such-key");
+            format!(
+                "{}.{}.{}",
+                b64(h.to_string().as_bytes()),
+                parts[1],
+                parts[2]
+            )
+        }),
+        (
+            "role escalated",
+            resigned_payload(&with("role", json!("admin"))),
+        ),
+    ]
+}
+
+fn journey(mesh: &Mesh) {
+    let api = Api::new(mesh);
+    let email = format!("Alice.{}@Example.COM", uuid::Uuid::new_v4().simple());
+
+    // Weak, common and personal passwords are refused with the rule.
+    for (password, code) in [
+        ("short", "password_too_short"),
+        ("password1234", "password_breached"),
+        (
+            &*format!("{}-and-more-text", email.split('@').next().unwrap()),
+            "password_contains_email",
+        ),
+    ] {
+        let r = api.post(
+            "/api/v1/auth/register",
+            json!({"email": email, "password": password}),
+        );
+        expect(&r, 422, code);
+    }
+    let r = api.post(
+        "/api/v1/auth/register",
+        json!({"email": "not-an-email", "password": PASSWORD}),
+    );
+    expect(&r, 422, "invalid_email");
+    let r = api.call("POST", "/api/v1/auth/register", &[], None);
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // Register; the account cannot log in before confirmation.
+    let reg = api.post(
+        "/api/v1/auth/register",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    assert_eq!(reg.status, 201, "{reg:?}");
+    let reg = json_of(&reg);
+    let uri = reg["otpauth_uri"].as_str().unwrap().to_owned();
+    let dup = api.post(
+        "/api/v1/auth/register",
+        json!({"email": email.to_uppercase(), "password": PASSWORD}),
+    );
+    expect(&dup, 409, "email_taken");
+    let early = api.post(
+        "/api/v1/auth/login",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    expect(&early, 403, "account_not_confirmed");
+    let wrong = api.post(
+        "/api/v1/auth/register/confirm",
+        json!({"enrollment_token": reg["enrollment_token"], "code": "000000"}),
+    );
+    expect(&wrong, 401, "invalid_code");
+    let confirmed = api.post(
+        "/api/v1/auth/register/confirm",
+        json!({"enrollment_token": reg["enrollment_token"], "code": totp_code(&uri, now())}),
+    );
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    let recovery: Vec<String> = json_of(&confirmed)["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+
+    // Login: wrong code refused, then the next step's code opens a session;
+    // the same code again is a replay.
+    let step1 = api.post(
+        "/api/v1/auth/login",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    let ticket = json_of(&step1)["mfa_ticket"].clone();
+    let bad = api.post(
+        "/api/v1/auth/login/mfa",
+        json!({"mfa_ticket": ticket, "code": "123456"}),
+    );
+    expect(&bad, 401, "invalid_code");
+    let code = totp_code(&uri, now() + 30);
+    let session = api.post(
+        "/api/v1/auth/login/mfa",
+        json!({"mfa_ticket": ticket, "code": code}),
+    );
+    assert_eq!(session.status, 200, "{session:?}");
+    let session = json_of(&session);
+    let access = session["access_token"].as_str().unwrap().to_owned();
+    let refresh = session["refresh_token"].as_str().unwrap().to_owned();
+    let step1 = api.post(
+        "/api/v1/auth/login",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    let replay = api.post(
+        "/api/v1/auth/login/mfa",
+        json!({"mfa_ticket": json_of(&step1)["mfa_ticket"], "code": code}),
+    );
+    expect(&replay, 401, "code_replayed");
+
+    // A protected route with the access token.
+    let me = api.get_with("/api/v1/users/me", &access);
+    assert_eq!(me.status, 200, "{me:?}");
+    assert_eq!(
+        json_of(&me)["email"].as_str().unwrap(),
+        email.to_lowercase()
+    );
+    assert_eq!(json_of(&me)["role"], "user");
+
+    // Forged tokens are refused.
+    for (what, token) in forgeries(&api, &access) {
+        let r = api.get_with("/api/v1/users/me", &token);
+        assert_eq!(r.status, 401, "{what}: {r:?}");
+    }
+
+    // A user cannot change roles.
+    let escalate = api.call(
+        "POST",
+        &format!(
+            "/api/v1/users/{}/role",
+            json_of(&me)["user_id"].as_str().unwrap()
+        ),
+        &[("authorization", &format!("Bearer {access}"))],
+        Some(json!({"role": "admin"})),
+    );
+    expect(&escalate, 403, "role_required");
+
+    // Refresh rotates; presenting the spent token revokes the session.
+    let rotated = api.post("/api/v1/auth/refresh", json!({"refresh_token": refresh}));
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    let rotated = json_of(&rotated);
+    let new_refresh = rotated["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(new_refresh, refresh);
+    let reused = api.post("/api/v1/auth/refresh", json!({"refresh_token": refresh}));
+    expect(&reused, 401, "refresh_reused");
+    let after_theft = api.post(
+        "/api/v1/auth/refresh",
+        json!({"refresh_token": new_refresh}),
+    );
+    expect(&after_theft, 401, "");
+
+    // A recovery code works once; logout ends that session and its tokens.
+    let second = login(&api, &email, json!({"recovery_code": recovery[0]}));
+    let access2 = second["access_token"].as_str().unwrap().to_owned();
+    let refresh2 = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(api.get_with("/api/v1/users/me", &access2).status, 200);
+    let step1 = api.post(
+        "/api/v1/auth/login",
+        json!({"email": email, "password": PASSWORD}),
+    );
+    let again = api.post(
+        "/api/v1/auth/login/mfa",
+        json!({"mfa_ticket": json_of(&step1)["mfa_ticket"], "recovery_code": recovery[0]}),
+    );
+    expect(&again, 401, "invalid_code");
+    let bearer2 = format!("Bearer {access2}");
+    let out = api.call(
+        "POST",
+        "/api/v1/auth/logout",
+        &[("authorization", &bearer2)],
+        None,
+    );
+    assert!(out.status == 200 || out.status == 204, "{out:?}");
+    std::thread::sleep(Duration::from_millis(2500));
+    let refused = api.get_with("/api/v1/users/me", &access2);
+    expect(&refused, 401, "");
+    let refused = api.post("/api/v1/auth/refresh", json!({"refresh_token": refresh2}));
+    expect(&refused, 401, "");
+
+    // A browser session: cookies, and CSRF required on state changes.
+    let other = format!("bob.{}@example.com", uuid::Uuid::new_v4().simple());
+    let bob = register(&api, &other);
+    let step1 = api.post(
+        "/api/v1/auth/login",
+        json!({"email": other, "password": PASSWORD}),
+    );
+    let web = api.call(
+        "POST",
+        "/api/v1/auth/login/mfa",
+        &[("x-trustmesh-client", "web")],
+        Some(json!({"mfa_ticket": json_of(&step1)["mfa_ticket"], "code": totp_code(&bob.otpauth_uri, now() + 30)})),
+    );
+    assert_eq!(web.status, 200, "{web:?}");
+    assert!(
+        json_of(&web).get("access_token").is_none(),
+        "browsers get cookies, not tokens"
+    );
+    let cookies: Vec<String> = web
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    for name in ["tm_access", "tm_refresh"] {
+        let cookie = cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap();
+        for attribute in ["HttpOnly", "Secure", "SameSite=Strict"] {
+            assert!(cookie.contains(attribute), "{cookie}");
+        }
+    }
+    let jar: Vec<String> = cookies
+        .iter()
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .collect();
+    let jar = jar.join("; ");
+    let csrf = json_of(&web)["csrf_token"].as_str().unwrap().to_owned();
+    let me = api.call("GET", "/api/v1/users/me", &[("cookie", &jar)], None);
+    assert_eq!(me.status, 200, "{me:?}");
+    let no_csrf = api.call(
+        "PATCH",
+        "/api/v1/users/me",
+        &[("cookie", &jar)],
+        Some(json!({"display_name": "Bob"})),
+    );
+    expect(&no_csrf, 403, "csrf_required");
+    let with_csrf = api.call(
+        "PATCH",
+        "/api/v1/users/me",
+        &[("cookie", &jar), ("x-csrf-token", &csrf)],
+        Some(json!({"display_name": "Bob"})),
+    );
+    assert_eq!(with_csrf.status, 200, "{with_csrf:?}");
+    assert_eq!(json_of(&with_csrf)["display_name"], "Bob");
+    let _ = bob.user_id;
+    let _ = bob.recovery_codes;
+
+    // Brute force: five failures, then the account is locked (423).
+    for attempt in 1..=5 {
+        let r = api.post(
+            "/api/v1/auth/login",
+            json!({"email": other, "password": "wrong password !!"}),
+        );
+        expect(&r, 401, "invalid_credentials");
+        let _ = attempt;
+    }
+    let locked = api.post(
+        "/api/v1/auth/login",
+        json!({"email": other, "password": PASSWORD}),
+    );
+    expect(&locked, 423, "account_locked");
+    assert!(locked.headers.contains_key("retry-after"), "{locked:?}");
+
+    // Unknown email and wrong password look the same.
+    let unknown = api.post(
+        "/api/v1/auth/login",
+        json!({"email": "nobody@example.com", "password": PASSWORD}),
+    );
+    expect(&unknown, 401, "invalid_credentials");
+}
+
+fn concurrent_registrations(mesh: &Mesh) {
+    let api = Api::new(mesh);
+    let email = format!("race.{}@example.com", uuid::Uuid::new_v4().simple());
+    let statuses: Vec<u16> = api.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (addr, ca, email) = (api.addr, api.ca.clone(), email.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"email": email, "password": PASSWORD}).to_string();
+                https_request(addr, &ca, "POST", "/api/v1/auth/register", &[], Some(&body))
+                    .await
+                    .unwrap()
+                    .status
+            }));
+        }
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
+}
+
+#[test]
+fn journey_on_sqlite() {
+    let mesh = Mesh::start(&[]);
+    journey(&mesh);
+    concurrent_registrations(&mesh);
+}
+
+#[test]
+fn journey_on_postgres() {
+    let db = PostgresDb::create();
+    let mesh = Mesh::start_with_env(&[], &[("DATABASE_URL", &db.url)]);
+    journey(&mesh);
+    concurrent_registrations(&mesh);
+    drop(mesh);
+}
