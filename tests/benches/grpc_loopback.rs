@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use trustmesh_runtime::{Shutdown, SvidFiles};
+use trustmesh_runtime::{MeshChannel, RetryUnprocessed, Shutdown, SvidFiles};
 use trustmesh_tests::echo::SayRequest;
 use trustmesh_tests::echo::echo_client::EchoClient;
 use trustmesh_tests::echo::echo_server::EchoServer as EchoGrpc;
@@ -52,7 +52,7 @@ fn request() -> SayRequest {
     }
 }
 
-async fn measure(channels: Vec<Channel>, seconds: u64) -> Figures {
+async fn measure(channels: Vec<MeshChannel>, seconds: u64) -> Figures {
     // Single caller, sequential.
     let mut client = EchoClient::new(channels[0].clone());
     for _ in 0..500 {
@@ -191,7 +191,7 @@ fn main() {
         let gateway: SvidFiles = issuer.mint(&spiffe_id("/svc/gateway"));
         let (plain_addr, plain_shutdown) = plaintext_server().await;
 
-        let mtls_channels = || -> Vec<Channel> {
+        let mtls_channels = || -> Vec<MeshChannel> {
             (0..CONNECTIONS)
                 .map(|_| {
                     let config = gateway.client_config(&echo_id()).unwrap();
@@ -199,13 +199,16 @@ fn main() {
                 })
                 .collect()
         };
-        let plain_channels = || -> Vec<Channel> {
+        // The same client stack (with its retry layer), minus TLS.
+        let plain_channels = || -> Vec<MeshChannel> {
             (0..CONNECTIONS)
                 .map(|_| {
-                    Channel::from_shared(format!("http://{plain_addr}"))
-                        .unwrap()
-                        .tcp_nodelay(true)
-                        .connect_lazy()
+                    RetryUnprocessed::new(
+                        Channel::from_shared(format!("http://{plain_addr}"))
+                            .unwrap()
+                            .tcp_nodelay(true)
+                            .connect_lazy(),
+                    )
                 })
                 .collect()
         };

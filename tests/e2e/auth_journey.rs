@@ -543,3 +543,174 @@ fn journey_on_postgres() {
     concurrent_registrations(&mesh);
     drop(mesh);
 }
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn the_operator_makes_the_first_admin_who_manages_roles() {
+    let mesh = Mesh::start(&[]);
+    let api = Api::new(&mesh);
+    let alice_email = format!("alice.{}@example.com", uuid::Uuid::new_v4().simple());
+    let bob_email = format!("bob.{}@example.com", uuid::Uuid::new_v4().simple());
+    let alice = register(&api, &alice_email);
+    let bob = register(&api, &bob_email);
+
+    let data_dir = mesh.data_dir();
+    let (code, out, err) = trustmesh_tests::run_cli(
+        &[
+            "user",
+            "grant-role",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--email",
+            &alice_email,
+            "--role",
+            "admin",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("is now admin"), "{out}");
+
+    let admin = login(
+        &api,
+        &alice_email,
+        json!({"recovery_code": alice.recovery_codes[0]}),
+    );
+    assert_eq!(admin["role"], "admin", "{admin}");
+    let admin_token = admin["access_token"].as_str().unwrap().to_owned();
+    let user = login(
+        &api,
+        &bob_email,
+        json!({"recovery_code": bob.recovery_codes[0]}),
+    );
+    let user_token = user["access_token"].as_str().unwrap().to_owned();
+
+    // The admin promotes Bob; Bob cannot promote himself.
+    let promote = api.call(
+        "POST",
+        &format!("/api/v1/users/{}/role", bob.user_id),
+        &[("authorization", &bearer(&admin_token))],
+        Some(json!({"role": "manager"})),
+    );
+    assert_eq!(promote.status, 200, "{promote:?}");
+    assert_eq!(json_of(&promote)["role"], "manager");
+    let self_promote = api.call(
+        "POST",
+        &format!("/api/v1/users/{}/role", bob.user_id),
+        &[("authorization", &bearer(&user_token))],
+        Some(json!({"role": "admin"})),
+    );
+    expect(&self_promote, 403, "role_required");
+    let invalid = api.call(
+        "POST",
+        &format!("/api/v1/users/{}/role", bob.user_id),
+        &[("authorization", &bearer(&admin_token))],
+        Some(json!({"role": "emperor"})),
+    );
+    assert_eq!(invalid.status, 422, "{invalid:?}");
+
+    // The last admin cannot step down.
+    let demote = api.call(
+        "POST",
+        &format!("/api/v1/users/{}/role", alice.user_id),
+        &[("authorization", &bearer(&admin_token))],
+        Some(json!({"role": "user"})),
+    );
+    expect(&demote, 409, "last_admin");
+
+    // Only admins list users.
+    let list = api.get_with("/api/v1/users", &admin_token);
+    assert_eq!(list.status, 200, "{list:?}");
+    assert!(list.body.contains(&bob_email), "{}", list.body);
+    expect(
+        &api.get_with("/api/v1/users", &user_token),
+        403,
+        "role_required",
+    );
+
+    // Deleting an account needs the password; then its tokens are refused.
+    let wrong = api.call(
+        "DELETE",
+        "/api/v1/users/me",
+        &[("authorization", &bearer(&user_token))],
+        Some(json!({"password": "not the password at all"})),
+    );
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    let deleted = api.call(
+        "DELETE",
+        "/api/v1/users/me",
+        &[("authorization", &bearer(&user_token))],
+        Some(json!({"password": PASSWORD})),
+    );
+    assert!(
+        deleted.status == 200 || deleted.status == 204,
+        "{deleted:?}"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    expect(&api.get_with("/api/v1/users/me", &user_token), 401, "");
+    let relogin = api.post(
+        "/api/v1/auth/login",
+        json!({"email": bob_email, "password": PASSWORD}),
+    );
+    expect(&relogin, 401, "invalid_credentials");
+}
+
+/// Every hop rotates: with 4 s SVIDs, a signed-in user calling a protected
+/// route in a loop for three TTLs (gateway → user → auth, all over mTLS with
+/// SVIDs from the Workload API that rotate at half-life) sees no failure.
+#[test]
+fn rotation_across_the_mesh_fails_no_request() {
+    let mesh = Mesh::start(&["--svid-ttl", "4s"]);
+    let api = Api::new(&mesh);
+    let email = format!("rotor.{}@example.com", uuid::Uuid::new_v4().simple());
+    let reg = register(&api, &email);
+    let session = login(
+        &api,
+        &email,
+        json!({"recovery_code": reg.recovery_codes[0]}),
+    );
+    let mut token = session["access_token"].as_str().unwrap().to_owned();
+    let mut refresh = session["refresh_token"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let (mut calls, mut failures) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(12) {
+        let me = api.get_with("/api/v1/users/me", &token);
+        calls += 1;
+        if me.status != 200 {
+            failures.push(format!(
+                "{:?}: {} {}",
+                started.elapsed(),
+                me.status,
+                me.body
+            ));
+        }
+        if calls % 20 == 0 {
+            let next = api.post("/api/v1/auth/refresh", json!({"refresh_token": refresh}));
+            calls += 1;
+            if next.status == 200 {
+                let next = json_of(&next);
+                token = next["access_token"].as_str().unwrap().to_owned();
+                refresh = next["refresh_token"].as_str().unwrap().to_owned();
+            } else {
+                failures.push(format!("refresh: {} {}", next.status, next.body));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(calls > 50, "only {calls} calls");
+    let log = mesh.log();
+    let problems: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"ERROR\"") || l.contains("\"WARN\""))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed, first: {:?}\nwarnings and errors logged:\n{}",
+        failures.len(),
+        failures.iter().take(3).collect::<Vec<_>>(),
+        problems.join("\n")
+    );
+}

@@ -234,7 +234,7 @@ pub fn echo_client(
     svid: &SvidFiles,
     addr: SocketAddr,
     server_id: &str,
-) -> echo::echo_client::EchoClient<tonic::transport::Channel> {
+) -> echo::echo_client::EchoClient<trustmesh_runtime::MeshChannel> {
     let config = svid.client_config(server_id).expect("client config");
     let channel = trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
     echo::echo_client::EchoClient::new(channel)
@@ -681,7 +681,7 @@ pub fn health_client(
     svid: &SvidFiles,
     addr: SocketAddr,
     server_id: &str,
-) -> tonic_health::pb::health_client::HealthClient<tonic::transport::Channel> {
+) -> tonic_health::pb::health_client::HealthClient<trustmesh_runtime::MeshChannel> {
     let config = svid.client_config(server_id).expect("client config");
     let channel = trustmesh_runtime::connect_channel(config, &addr.to_string()).expect("channel");
     tonic_health::pb::health_client::HealthClient::new(channel)

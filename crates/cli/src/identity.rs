@@ -182,9 +182,6 @@ fn write_fetched(
     trust_domain: &str,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let chain: Vec<Vec<u8>> = svid
         .cert_chain()
         .iter()
@@ -200,20 +197,6 @@ fn write_fetched(
         .iter()
         .map(|c| c.as_ref().to_vec())
         .collect();
-    std::fs::write(out.join("svid.pem"), pem_blocks("CERTIFICATE", &chain))?;
-    std::fs::write(out.join("bundle.pem"), pem_blocks("CERTIFICATE", &bundle))?;
-    let mut key = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(out.join("key.pem"))?;
-    key.write_all(pem_blocks("PRIVATE KEY", &[svid.private_key().as_ref().to_vec()]).as_bytes())?;
+    trustmesh_identity::write_svid_files(out, &chain, svid.private_key().as_ref(), &bundle)?;
     Ok(())
-}
-
-fn pem_blocks(label: &str, ders: &[Vec<u8>]) -> String {
-    ders.iter()
-        .map(|der| pem::encode(&pem::Pem::new(label, der.clone())))
-        .collect()
 }

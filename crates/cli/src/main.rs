@@ -8,6 +8,7 @@ mod identity;
 mod policy;
 mod serve;
 mod up;
+mod user;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// Rego policies: run the tests.
     Policy(policy::PolicyArgs),
+    /// Operator commands on users (the first admin).
+    User(user::UserArgs),
 }
 
 /// Help and version go out as clap prints them; a usage or configuration
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Identity(args) => identity::run(args).await,
             Command::Policy(args) => policy::run(args),
+            Command::User(args) => user::run(args).await,
         }
     });
     match result {

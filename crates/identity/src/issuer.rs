@@ -318,17 +318,12 @@ impl Issuer {
     /// Writes `svid.pem` (chain, 0644), `key.pem` (0600) and `bundle.pem`
     /// (0644) to `out_dir`, creating it if needed; each file atomically.
     pub fn write_minted(&self, svid: &MintedSvid, out_dir: &Path) -> Result<(), IdentityError> {
-        fs::create_dir_all(out_dir).map_err(|e| {
-            IdentityError::io(format!("cannot create directory {}", out_dir.display()), e)
-        })?;
-        atomic_write(&out_dir.join("key.pem"), svid.key_pem().as_bytes(), 0o600)?;
-        atomic_write(&out_dir.join("svid.pem"), svid.cert_pem().as_bytes(), 0o644)?;
-        atomic_write(
-            &out_dir.join("bundle.pem"),
-            self.inner.ca.cert_pem.as_bytes(),
-            0o644,
-        )?;
-        Ok(())
+        write_svid_files(
+            out_dir,
+            &svid.cert_chain_der,
+            &svid.key_pkcs8_der,
+            std::slice::from_ref(&self.inner.ca.cert_der),
+        )
     }
 
     /// Creates the Workload API socket (replacing a stale one; refusing to
@@ -542,4 +537,36 @@ async fn poll_entries(registry: Registry, mut stop: watch::Receiver<bool>) {
             () = tokio::time::sleep(ENTRY_POLL) => registry.refresh(),
         }
     }
+}
+
+/// Writes an X.509-SVID as `svid.pem` (chain, leaf first), `key.pem` (PKCS#8,
+/// 0600) and `bundle.pem` into `out_dir`, each atomically (a fresh temporary
+/// file renamed over the old one), so an existing file's looser mode or owner
+/// is never kept.
+pub fn write_svid_files(
+    out_dir: &Path,
+    chain_der: &[Vec<u8>],
+    key_pkcs8_der: &[u8],
+    bundle_der: &[Vec<u8>],
+) -> Result<(), IdentityError> {
+    fs::create_dir_all(out_dir).map_err(|e| {
+        IdentityError::io(format!("cannot create directory {}", out_dir.display()), e)
+    })?;
+    let pem = |tag: &str, ders: &[Vec<u8>]| pem_encode(tag, ders.iter().map(Vec::as_slice));
+    atomic_write(
+        &out_dir.join("key.pem"),
+        pem_encode("PRIVATE KEY", [key_pkcs8_der]).as_bytes(),
+        0o600,
+    )?;
+    atomic_write(
+        &out_dir.join("svid.pem"),
+        pem("CERTIFICATE", chain_der).as_bytes(),
+        0o644,
+    )?;
+    atomic_write(
+        &out_dir.join("bundle.pem"),
+        pem("CERTIFICATE", bundle_der).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
 }

@@ -18,7 +18,7 @@ mod util;
 mod workload;
 
 pub use error::IdentityError;
-pub use issuer::{BoundIssuer, Issuer, IssuerConfig, MintedSvid};
+pub use issuer::{BoundIssuer, Issuer, IssuerConfig, MintedSvid, write_svid_files};
 pub use peer::PeerIdentity;
 pub use registry::{Entry, EntryStore, Registry, Selector};
 pub use source::{SourceError, x509_source};

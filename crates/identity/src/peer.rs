@@ -45,3 +45,12 @@ pub fn spiffe_id_from_der(cert_der: &[u8]) -> Option<String> {
         .ok()
         .map(|id| id.to_string())
 }
+
+/// When a certificate stops being valid (its `notAfter`), or `None` if it
+/// does not parse.
+pub fn not_after_from_der(cert_der: &[u8]) -> Option<std::time::SystemTime> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).ok()?;
+    let seconds = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds))
+}

@@ -10,7 +10,13 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
+use crate::retry::RetryUnprocessed;
 use crate::{Directory, RuntimeError, tls};
+
+/// A gRPC channel to a mesh service: mTLS, lazily (re)connected, and
+/// resending calls the server refused unprocessed during a connection
+/// recycle.
+pub type MeshChannel = RetryUnprocessed<Channel>;
 
 /// A factory of mTLS channels for a process whose identity comes from the
 /// Workload API.
@@ -44,7 +50,7 @@ impl MeshClient {
         &self,
         directory: &Directory,
         service: &str,
-    ) -> Result<Channel, RuntimeError> {
+    ) -> Result<MeshChannel, RuntimeError> {
         let server_id = format!("spiffe://{}/svc/{service}", self.trust_domain);
         let config = tls::client_config(&self.source, &self.trust_domain, &server_id)?;
         let directory = directory.clone();
@@ -57,7 +63,7 @@ impl MeshClient {
     /// A lazily connected channel to `addr` (`host:port`) that accepts the
     /// server only if it presents `server_id`. The channel reconnects on its
     /// own; each new handshake uses the current SVID.
-    pub fn channel(&self, addr: &str, server_id: &str) -> Result<Channel, RuntimeError> {
+    pub fn channel(&self, addr: &str, server_id: &str) -> Result<MeshChannel, RuntimeError> {
         let config = tls::client_config(&self.source, &self.trust_domain, server_id)?;
         connect_channel(config, addr)
     }
@@ -68,7 +74,7 @@ impl MeshClient {
 pub fn connect_channel(
     config: Arc<rustls::ClientConfig>,
     addr: &str,
-) -> Result<Channel, RuntimeError> {
+) -> Result<MeshChannel, RuntimeError> {
     let target = addr.to_owned();
     lazy_channel(config, addr, move || Ok(target.clone()))
 }
@@ -79,7 +85,7 @@ fn lazy_channel(
     config: Arc<rustls::ClientConfig>,
     authority: &str,
     resolve: impl Fn() -> Result<String, RuntimeError> + Send + Sync + Clone + 'static,
-) -> Result<Channel, RuntimeError> {
+) -> Result<MeshChannel, RuntimeError> {
     let uri: Uri = format!("http://{authority}")
         .parse()
         .map_err(|e| RuntimeError::Connect {
@@ -88,8 +94,8 @@ fn lazy_channel(
         })?;
     let endpoint = Endpoint::from(uri).tcp_nodelay(true);
     let connector = TlsConnector::from(config);
-    Ok(
-        endpoint.connect_with_connector_lazy(service_fn(move |_: Uri| {
+    Ok(RetryUnprocessed::new(endpoint.connect_with_connector_lazy(
+        service_fn(move |_: Uri| {
             let connector = connector.clone();
             let resolve = resolve.clone();
             async move {
@@ -103,6 +109,6 @@ fn lazy_channel(
                 let tls = connector.connect(name, tcp).await?;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
-        })),
-    )
+        }),
+    )))
 }

@@ -15,15 +15,17 @@ mod client;
 mod directory;
 mod error;
 mod files;
+mod retry;
 mod server;
 mod shutdown;
 mod subject;
 mod tls;
 
-pub use client::{MeshClient, connect_channel};
+pub use client::{MeshChannel, MeshClient, connect_channel};
 pub use directory::{Directory, RunReport};
 pub use error::RuntimeError;
 pub use files::SvidFiles;
+pub use retry::RetryUnprocessed;
 pub use server::{GrpcServer, RunningServer, ServerAddrs};
 pub use shutdown::{Shutdown, shutdown_signal};
 pub use subject::{JwtSubjects, SESSION_CHECK_TTL, TOKEN_AUDIENCE, TOKEN_ISSUER, bearer_token};

@@ -2,6 +2,7 @@
 //! peer's SPIFFE ID computed once per connection, the policy layer on every
 //! call, `grpc.health.v1`, and the admin endpoint beside it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -213,6 +214,7 @@ impl GrpcServer {
             handshakes,
         );
         let routes = routes.add_service(health_service);
+        let connection_age = max_connection_age(&self.source);
         let readiness = self.readiness.clone();
         let service = self.service.clone();
         let shutdown_grpc = shutdown.clone();
@@ -222,6 +224,9 @@ impl GrpcServer {
             readiness.set(true);
             tracing::info!(service, %grpc, %admin, "serving");
             let served = tonic::transport::Server::builder()
+                // No `max_connection_age_grace`: in tonic 0.14 setting it
+                // replaces the graceful GOAWAY with a forced close.
+                .max_connection_age(connection_age)
                 .layer(layer)
                 .serve_with_incoming_shutdown(routes.prepare(), incoming, async move {
                     shutdown_grpc.wait().await;
@@ -245,6 +250,27 @@ impl GrpcServer {
             task,
         })
     }
+}
+
+/// How long a connection is served before the server asks the client (with
+/// an HTTP/2 GOAWAY; in-flight calls finish) to reconnect: a quarter of this
+/// process's SVID lifetime. Clients rotate at half-life, so a connection is
+/// opened with a certificate at most half-way through its life and renewed,
+/// with the client's rotated SVID, with a quarter of that life to spare
+/// before the certificate could expire (when the stream would cut it). The
+/// issuer gives every workload the same lifetime.
+fn max_connection_age(source: &X509Source) -> Duration {
+    let remaining = source
+        .svid()
+        .ok()
+        .and_then(|svid| {
+            svid.cert_chain()
+                .first()
+                .and_then(|leaf| trustmesh_identity::peer::not_after_from_der(leaf.as_ref()))
+        })
+        .and_then(|not_after| not_after.duration_since(std::time::SystemTime::now()).ok())
+        .unwrap_or(Duration::from_secs(3600));
+    (remaining / 4).clamp(Duration::from_millis(500), Duration::from_secs(3600))
 }
 
 /// Accepts TCP connections and runs each TLS handshake in its own task (so a
@@ -283,7 +309,7 @@ fn accept_loop(
                                 let _ = tx.send(Ok(stream)).await;
                                 "ok"
                             }
-                            None => "not_tls13",
+                            None => "not_tls13_or_expired",
                         },
                         Ok(Err(e)) => {
                             tracing::debug!(%remote, error = %e, "TLS handshake refused");
@@ -301,30 +327,55 @@ fn accept_loop(
 }
 
 /// A server-side mTLS connection with its peer identity, computed once.
+///
+/// The client's certificate is verified only at the handshake, so the stream
+/// itself ends the connection when that certificate expires: an SVID that is
+/// no longer valid is not served, not even on a connection it opened.
 pub(crate) struct MtlsStream {
     inner: TlsStream<TcpStream>,
     peer: PeerIdentity,
+    expiry: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl MtlsStream {
-    /// Wraps an established connection; `None` unless it negotiated TLS 1.3.
+    /// Wraps an established connection; `None` unless it negotiated TLS 1.3
+    /// with a client certificate that is still valid.
     fn new(inner: TlsStream<TcpStream>, remote: SocketAddr) -> Option<Self> {
         let (_, conn) = inner.get_ref();
         if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
             return None;
         }
-        let spiffe_id = conn
-            .peer_certificates()
-            .and_then(|certs| certs.first())
-            .and_then(|leaf| trustmesh_identity::peer::spiffe_id_from_der(leaf.as_ref()))
-            .map(Arc::<str>::from);
+        let leaf = conn.peer_certificates().and_then(|certs| certs.first())?;
+        let spiffe_id =
+            trustmesh_identity::peer::spiffe_id_from_der(leaf.as_ref()).map(Arc::<str>::from);
+        let valid_for = trustmesh_identity::peer::not_after_from_der(leaf.as_ref())?
+            .duration_since(std::time::SystemTime::now())
+            .ok()?;
         Some(Self {
             inner,
             peer: PeerIdentity {
                 spiffe_id,
                 remote_addr: Some(remote),
             },
+            expiry: Box::pin(tokio::time::sleep(valid_for)),
         })
+    }
+
+    /// An error once the peer's certificate has expired.
+    fn check_expiry(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        match self.expiry.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::warn!(
+                    peer = self.peer.spiffe_id.as_deref().unwrap_or("-"),
+                    "closing a connection: the peer's SVID has expired"
+                );
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the peer's SVID has expired",
+                ))
+            }
+            Poll::Pending => Ok(()),
+        }
     }
 }
 
@@ -342,6 +393,7 @@ impl AsyncRead for MtlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        self.check_expiry(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -352,6 +404,7 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.check_expiry(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

@@ -76,6 +76,25 @@ pub struct AuthConfig {
     pub settings: service::AuthSettings,
 }
 
+/// Rotates the signing keys when due (checked every minute); the ring keeps
+/// publishing a rotated-out key until every token it signed has expired.
+fn spawn_key_rotation(keys: KeyRing, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = shutdown.wait() => return,
+            }
+            match keys.rotate_if_due() {
+                Ok(true) => tracing::info!(kid = %keys.current_kid(), "signing key rotated"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "signing key rotation failed"),
+            }
+        }
+    });
+}
+
 /// Opens the database, keys and key ring, and starts serving.
 pub async fn start(
     config: AuthConfig,
@@ -98,6 +117,7 @@ pub async fn start(
     let hasher = password::Hasher::new(password::HashParams::default())
         .map_err(|e| AuthError::Hasher(e.to_string()))?;
     let tokens = TokenIssuer::new(keys.clone(), TOKEN_ISSUER, TOKEN_AUDIENCE, ACCESS_TOKEN_TTL);
+    spawn_key_rotation(keys.clone(), shutdown.clone());
 
     // The auth service verifies its own tokens: keys from its ring, session
     // status from its own table.

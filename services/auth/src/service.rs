@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use trustmesh_keyring::KeyRing;
 use trustmesh_policy::Subject;
@@ -19,6 +18,7 @@ use trustmesh_proto::trustmesh::auth::v1::auth_server::Auth;
 use trustmesh_proto::trustmesh::auth::v1::*;
 use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
 use trustmesh_proto::trustmesh::user::v1::{EnsureProfileRequest, GetRoleRequest};
+use trustmesh_runtime::MeshChannel;
 use trustmesh_store::StoreError;
 use trustmesh_tokens::TokenIssuer;
 
@@ -64,7 +64,7 @@ pub struct AuthService {
     hasher: Arc<Hasher>,
     secrets: Arc<KeyRing>,
     tokens: TokenIssuer,
-    users: UserClient<Channel>,
+    users: UserClient<MeshChannel>,
     settings: AuthSettings,
 }
 
@@ -148,7 +148,7 @@ impl AuthService {
         hasher: Hasher,
         secrets: KeyRing,
         tokens: TokenIssuer,
-        users: Channel,
+        users: MeshChannel,
         settings: AuthSettings,
     ) -> Self {
         Self {

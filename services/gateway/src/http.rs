@@ -10,7 +10,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -25,6 +25,8 @@ use crate::api::Api;
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gateway's operational routes (`/healthz`, `/readyz`) alone.
 /// `readiness` drives `/readyz`.
@@ -151,7 +153,18 @@ pub(crate) async fn serve_https(
                     }
                     Err(_) => return,
                 };
-                let builder = auto::Builder::new(TokioExecutor::new());
+                // With a timer, hyper enforces the header-read timeout: a
+                // client that never finishes its request headers is dropped.
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(Duration::from_secs(30)))
+                    .keep_alive_timeout(Duration::from_secs(10));
                 // Handlers read the TCP peer (the client, or a proxy) here.
                 let app = Extension(ConnectInfo(remote)).layer(app);
                 let conn = builder.serve_connection_with_upgrades(

@@ -54,6 +54,16 @@ impl LocalCa {
         let cert_path = dir.join("ca.pem");
         let key_path = dir.join("ca.key");
         if cert_path.exists() && key_path.exists() {
+            // A private key others can read is tightened back to 0600.
+            let mode = fs::metadata(&key_path)
+                .map_err(io(&key_path))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(path = %key_path.display(), mode = format!("{mode:o}"), "gateway CA key was readable by others; setting 0600");
+                fs::set_permissions(&key_path, fs::Permissions::from_mode(0o600))
+                    .map_err(io(&key_path))?;
+            }
             let ca_pem = fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
             let key_pem = fs::read_to_string(&key_path).map_err(io(&key_path))?;
             let key = KeyPair::from_pem(&key_pem).map_err(|e| LocalCaError::Cert(e.to_string()))?;

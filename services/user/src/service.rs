@@ -2,7 +2,6 @@
 //! decided who may call what; handlers apply the domain rules (valid roles,
 //! the last admin, a manager's own team) and talk to the store.
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use trustmesh_policy::Subject;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
@@ -13,6 +12,7 @@ use trustmesh_proto::trustmesh::user::v1::{
     GetMeRequest, GetRoleReply, GetRoleRequest, ListUsersReply, ListUsersRequest, Profile,
     SetRoleRequest, Team, UpdateMeRequest,
 };
+use trustmesh_runtime::MeshChannel;
 use trustmesh_store::StoreError;
 
 use crate::store::{ProfileRow, ROLES, RoleChangeError, TeamRow, UserStore};
@@ -26,12 +26,12 @@ const MAX_DISPLAY_NAME: usize = 100;
 #[derive(Debug, Clone)]
 pub struct UserService {
     store: UserStore,
-    auth: AuthClient<Channel>,
+    auth: AuthClient<MeshChannel>,
 }
 
 impl UserService {
     /// A service over `store`, reaching the auth service through `auth`.
-    pub fn new(store: UserStore, auth: Channel) -> Self {
+    pub fn new(store: UserStore, auth: MeshChannel) -> Self {
         Self {
             store,
             auth: AuthClient::new(auth),

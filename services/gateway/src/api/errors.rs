@@ -190,7 +190,13 @@ impl ApiError {
                 Self::unavailable("a service behind the gateway is unavailable; try again shortly")
             }
             other => {
-                tracing::error!(code = ?other, message = status.message(), "upstream service failed");
+                let mut causes = Vec::new();
+                let mut source = std::error::Error::source(&status);
+                while let Some(cause) = source {
+                    causes.push(cause.to_string());
+                    source = cause.source();
+                }
+                tracing::error!(code = ?other, message = status.message(), causes = ?causes, "upstream service failed");
                 Self::upstream("a service behind the gateway failed")
             }
         }

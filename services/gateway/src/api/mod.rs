@@ -39,10 +39,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use tonic::transport::Channel;
 use trustmesh_policy::PolicyEngine;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
 use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
+use trustmesh_runtime::MeshChannel;
 use trustmesh_tokens::Verifier;
 
 use self::errors::ApiError;
@@ -66,8 +66,8 @@ pub struct Api {
 
 #[derive(Clone)]
 struct Inner {
-    auth: AuthClient<Channel>,
-    user: UserClient<Channel>,
+    auth: AuthClient<MeshChannel>,
+    user: UserClient<MeshChannel>,
     verifier: Verifier,
     policy: PolicyEngine,
     proxies: TrustedProxies,
@@ -91,8 +91,8 @@ impl Api {
     /// tokens with `verifier` (normally [`session::mesh_verifier`]) and
     /// authorizing routes with `policy`.
     pub fn new(
-        auth: Channel,
-        user: Channel,
+        auth: MeshChannel,
+        user: MeshChannel,
         verifier: Verifier,
         policy: PolicyEngine,
         proxies: TrustedProxies,
@@ -116,11 +116,11 @@ impl Api {
         self
     }
 
-    pub(crate) fn auth(&self) -> AuthClient<Channel> {
+    pub(crate) fn auth(&self) -> AuthClient<MeshChannel> {
         self.inner.auth.clone()
     }
 
-    pub(crate) fn user(&self) -> UserClient<Channel> {
+    pub(crate) fn user(&self) -> UserClient<MeshChannel> {
         self.inner.user.clone()
     }
 

@@ -33,10 +33,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
 use trustmesh_policy::{Peer, PolicyInput, RequestContext, Subject};
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
 use trustmesh_proto::trustmesh::auth::v1::{CheckSessionRequest, GetJwksRequest};
+use trustmesh_runtime::MeshChannel;
 use trustmesh_tokens::{
     AccessClaims, BoxFuture, JwkSet, JwksFetcher, SessionChecker, TokenError, parse_jwks,
 };
@@ -663,12 +663,12 @@ pub fn grpc_request<T>(
 /// The auth service's JWKS over mTLS (`trustmesh.auth.v1.Auth/GetJwks`).
 #[derive(Debug, Clone)]
 pub struct GrpcJwksFetcher {
-    auth: AuthClient<Channel>,
+    auth: AuthClient<MeshChannel>,
 }
 
 impl GrpcJwksFetcher {
     /// A fetcher calling the auth service on `auth`.
-    pub fn new(auth: Channel) -> Self {
+    pub fn new(auth: MeshChannel) -> Self {
         Self {
             auth: AuthClient::new(auth),
         }
@@ -691,12 +691,12 @@ impl JwksFetcher for GrpcJwksFetcher {
 /// (`trustmesh.auth.v1.Auth/CheckSession`).
 #[derive(Debug, Clone)]
 pub struct GrpcSessionChecker {
-    auth: AuthClient<Channel>,
+    auth: AuthClient<MeshChannel>,
 }
 
 impl GrpcSessionChecker {
     /// A checker calling the auth service on `auth`.
-    pub fn new(auth: Channel) -> Self {
+    pub fn new(auth: MeshChannel) -> Self {
         Self {
             auth: AuthClient::new(auth),
         }
@@ -726,7 +726,7 @@ impl SessionChecker for GrpcSessionChecker {
 /// The gateway's token verifier: tokens of [`super::TOKEN_ISSUER`] for
 /// [`super::TOKEN_AUDIENCE`], keys from the auth service's JWKS, sessions
 /// checked with the auth service (answers reused for 2 s).
-pub fn mesh_verifier(auth: Channel) -> trustmesh_tokens::Verifier {
+pub fn mesh_verifier(auth: MeshChannel) -> trustmesh_tokens::Verifier {
     trustmesh_tokens::Verifier::new(
         super::TOKEN_ISSUER,
         super::TOKEN_AUDIENCE,

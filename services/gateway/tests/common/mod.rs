@@ -21,6 +21,7 @@ use trustmesh_gateway::api::session::TrustedProxies;
 use trustmesh_policy::PolicyEngine;
 use trustmesh_proto::trustmesh::auth::v1::auth_server::{Auth, AuthServer};
 use trustmesh_proto::trustmesh::auth::v1::*;
+use trustmesh_runtime::RetryUnprocessed;
 use trustmesh_telemetry::Readiness;
 use trustmesh_tokens::{KeyRing, RotationPolicy, TokenIssuer, Verifier};
 
@@ -71,8 +72,14 @@ impl Harness {
             unreachable.clone()
         };
         let policy = PolicyEngine::embedded().unwrap();
-        let api = Api::new(auth, unreachable, verifier, policy, proxies)
-            .with_upstream_timeout(Duration::from_secs(5));
+        let api = Api::new(
+            RetryUnprocessed::new(auth),
+            RetryUnprocessed::new(unreachable),
+            verifier,
+            policy,
+            proxies,
+        )
+        .with_upstream_timeout(Duration::from_secs(5));
         let app = trustmesh_gateway::app(Readiness::new(), api);
         Self {
             app,
