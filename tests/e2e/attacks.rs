@@ -44,10 +44,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use prost::Message as _;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::SignatureScheme;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -57,8 +56,9 @@ use trustmesh_runtime::{GrpcServer, Shutdown, SvidFiles};
 use trustmesh_tests::echo::echo_client::EchoClient;
 use trustmesh_tests::echo::{SayReply, SayRequest};
 use trustmesh_tests::{
-    ECHO_DESCRIPTORS, EchoServer, EchoService, Mesh, TRUST_DOMAIN, TestIssuer, echo_client,
-    echo_id, health_client, http_get, run_cli, spiffe_id, test_policies, workload_api_client,
+    AcceptAnyServer, ECHO_DESCRIPTORS, EchoServer, EchoService, Mesh, TRUST_DOMAIN, TestIssuer,
+    echo_client, echo_id, health_client, http_get, run_cli, spiffe_id, test_policies,
+    workload_api_client,
 };
 
 // ---------------------------------------------------------------------------
@@ -398,54 +398,6 @@ impl Forge {
 // ---------------------------------------------------------------------------
 // Clients that present arbitrary chains and trust any server
 // ---------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct AcceptAnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// A TLS 1.3 client (ALPN h2) presenting `chain` with `key`, trusting any server.
 fn presenting(chain: &[Vec<u8>], key: &Key) -> Arc<rustls::ClientConfig> {

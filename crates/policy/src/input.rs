@@ -53,6 +53,20 @@ pub struct Subject {
     pub mfa: bool,
 }
 
+impl Subject {
+    /// The verified end user of a call, which the policy layer put in the
+    /// request extensions; `UNAUTHENTICATED` (`token_missing`) without one.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Subject, tonic::Status> {
+        request
+            .extensions()
+            .get::<Subject>()
+            .cloned()
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated("token_missing: an access token is required")
+            })
+    }
+}
+
 /// Facts about the call that are neither identity nor payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RequestContext {

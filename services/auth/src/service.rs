@@ -113,20 +113,6 @@ fn metadata_text<T>(request: &Request<T>, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn subject<T>(request: &Request<T>) -> Result<Subject, Status> {
-    request
-        .extensions()
-        .get::<Subject>()
-        .cloned()
-        .ok_or_else(|| {
-            status(
-                tonic::Code::Unauthenticated,
-                "token_missing",
-                "an access token is required",
-            )
-        })
-}
-
 fn locked(retry_after: i64) -> Status {
     let mut status = status(
         tonic::Code::ResourceExhausted,
@@ -702,7 +688,7 @@ impl Auth for AuthService {
         &self,
         request: Request<LogoutRequest>,
     ) -> Result<Response<LogoutReply>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         self.store
             .revoke_session(&me.sid, "logout")
             .await
@@ -714,7 +700,7 @@ impl Auth for AuthService {
         &self,
         request: Request<ListSessionsRequest>,
     ) -> Result<Response<ListSessionsReply>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         let sessions = self.store.sessions_of(&me.sub).await.map_err(internal)?;
         let to_text = |t: i64| {
             time::OffsetDateTime::from_unix_timestamp(t)
@@ -745,7 +731,7 @@ impl Auth for AuthService {
         &self,
         request: Request<RevokeSessionRequest>,
     ) -> Result<Response<RevokeSessionReply>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         let req = request.into_inner();
         let owned = self
             .store
@@ -771,7 +757,7 @@ impl Auth for AuthService {
         &self,
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordReply>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         let req = request.into_inner();
         let account = self
             .store

@@ -39,14 +39,6 @@ impl UserService {
     }
 }
 
-fn subject<T>(request: &Request<T>) -> Result<Subject, Status> {
-    request
-        .extensions()
-        .get::<Subject>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("an access token is required"))
-}
-
 fn internal(e: StoreError) -> Status {
     tracing::error!(error = %e, "user store failed");
     Status::internal("storage failure")
@@ -81,7 +73,7 @@ fn valid_uuid(field: &str, value: &str) -> Result<(), Status> {
 #[tonic::async_trait]
 impl User for UserService {
     async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<Profile>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         let row = self
             .store
             .profile(&me.sub)
@@ -95,7 +87,7 @@ impl User for UserService {
         &self,
         request: Request<UpdateMeRequest>,
     ) -> Result<Response<Profile>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         if let Some(name) = &request.get_ref().display_name {
             let name = name.trim();
             if name.chars().count() > MAX_DISPLAY_NAME {
@@ -124,7 +116,7 @@ impl User for UserService {
         &self,
         request: Request<DeleteMeRequest>,
     ) -> Result<Response<DeleteMeReply>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         let password = request.into_inner().password;
         let mut auth = self.auth.clone();
         let verified = auth
@@ -266,7 +258,7 @@ impl User for UserService {
         &self,
         request: Request<AddTeamMemberRequest>,
     ) -> Result<Response<Team>, Status> {
-        let me = subject(&request)?;
+        let me = Subject::of(&request)?;
         let req = request.into_inner();
         valid_uuid("team_id", &req.team_id)?;
         valid_uuid("user_id", &req.user_id)?;
