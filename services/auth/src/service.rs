@@ -62,6 +62,10 @@ impl Default for AuthSettings {
 pub struct AuthService {
     store: AuthStore,
     hasher: Arc<Hasher>,
+    /// One permit per core: Argon2id runs at most this many hashes at once,
+    /// so a burst of logins queues for the hasher instead of taking every
+    /// core from the rest of the service.
+    hashing: Arc<tokio::sync::Semaphore>,
     secrets: Arc<KeyRing>,
     tokens: TokenIssuer,
     users: UserClient<MeshChannel>,
@@ -140,6 +144,9 @@ impl AuthService {
         Self {
             store,
             hasher: Arc::new(hasher),
+            hashing: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
             secrets: Arc::new(secrets),
             tokens,
             users: UserClient::new(users),
@@ -149,6 +156,11 @@ impl AuthService {
 
     async fn hash_password(&self, password: String) -> Result<String, Status> {
         let hasher = self.hasher.clone();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("hashing failed"))?;
         tokio::task::spawn_blocking(move || hasher.hash(&password))
             .await
             .map_err(|_| Status::internal("hashing failed"))?
@@ -165,6 +177,11 @@ impl AuthService {
         phc: Option<String>,
     ) -> Result<(bool, bool), Status> {
         let hasher = self.hasher.clone();
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| Status::internal("verification failed"))?;
         tokio::task::spawn_blocking(move || match phc {
             Some(phc) => hasher
                 .verify(&password, &phc)
