@@ -28,5 +28,8 @@ pub use files::SvidFiles;
 pub use retry::RetryUnprocessed;
 pub use server::{GrpcServer, RunningServer, ServerAddrs};
 pub use shutdown::{Shutdown, shutdown_signal};
-pub use subject::{JwtSubjects, SESSION_CHECK_TTL, TOKEN_AUDIENCE, TOKEN_ISSUER, bearer_token};
+pub use subject::{
+    JwtSubjects, SESSION_CHECK_TTL, TOKEN_AUDIENCE, TOKEN_ISSUER, auth_verifier, bearer_token,
+    subject_from_claims,
+};
 pub use tls::{client_config, server_config};

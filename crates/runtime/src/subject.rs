@@ -11,9 +11,11 @@ use tonic::Status;
 use trustmesh_policy::{Subject, SubjectFuture, SubjectResolver};
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
 use trustmesh_proto::trustmesh::auth::v1::{CheckSessionRequest, GetJwksRequest};
-use trustmesh_tokens::{FnJwksFetcher, FnSessionChecker, TokenError, Verifier, parse_jwks};
+use trustmesh_tokens::{
+    AccessClaims, BoxFuture, JwkSet, JwksFetcher, SessionChecker, TokenError, Verifier, parse_jwks,
+};
 
-use crate::{Directory, MeshClient, RuntimeError};
+use crate::{Directory, MeshChannel, MeshClient, RuntimeError};
 
 /// The `iss` of every access token.
 pub const TOKEN_ISSUER: &str = "trustmesh-auth";
@@ -41,46 +43,94 @@ impl JwtSubjects {
         Self { verifier }
     }
 
-    /// A verifier fed by the auth service over mTLS: its JWKS (`GetJwks`,
-    /// refetched on an unknown `kid`) and session status (`CheckSession`,
-    /// cached for [`SESSION_CHECK_TTL`]).
+    /// A verifier fed by the auth service over mTLS (see [`auth_verifier`]).
     pub fn via_auth(client: &MeshClient, directory: &Directory) -> Result<Self, RuntimeError> {
-        let auth = AuthClient::new(client.service_channel(directory, "auth")?);
-        let jwks_client = auth.clone();
-        let jwks = FnJwksFetcher::new(move || {
-            let mut auth = jwks_client.clone();
-            async move {
-                let reply = auth
-                    .get_jwks(GetJwksRequest {})
-                    .await
-                    .map_err(|e| TokenError::Jwks(e.message().to_owned()))?;
-                parse_jwks(reply.into_inner().jwks_json.as_bytes())
-            }
-        });
-        let sessions = FnSessionChecker::new(move |sid: String| {
-            let mut auth = auth.clone();
-            async move {
-                let reply = auth
-                    .check_session(CheckSessionRequest { session_id: sid })
-                    .await
-                    .map_err(|e| TokenError::SessionCheck(e.message().to_owned()))?;
-                Ok(reply.into_inner().active)
-            }
-        });
-        let verifier = Verifier::new(TOKEN_ISSUER, TOKEN_AUDIENCE, Arc::new(jwks))
-            .with_session_checker(Arc::new(sessions), SESSION_CHECK_TTL);
-        Ok(Self { verifier })
+        Ok(Self {
+            verifier: auth_verifier(client.service_channel(directory, "auth")?),
+        })
     }
 
     /// Verifies `token` and returns the subject it names.
     pub async fn subject_of(&self, token: &str) -> Result<Subject, TokenError> {
-        let claims = self.verifier.verify(token).await?;
-        let mfa = claims.amr.iter().any(|m| m == "otp" || m == "recovery");
-        Ok(Subject {
-            sub: claims.sub,
-            role: claims.role,
-            sid: claims.sid,
-            mfa,
+        Ok(subject_from_claims(&self.verifier.verify(token).await?))
+    }
+}
+
+/// The policy subject of verified claims; `mfa` when the token's `amr` names
+/// a second factor (`otp` or `recovery`, the auth service's values, or the
+/// generic `mfa`).
+pub fn subject_from_claims(claims: &AccessClaims) -> Subject {
+    Subject {
+        sub: claims.sub.clone(),
+        role: claims.role.clone(),
+        sid: claims.sid.clone(),
+        mfa: claims
+            .amr
+            .iter()
+            .any(|m| matches!(m.as_str(), "otp" | "recovery" | "mfa")),
+    }
+}
+
+/// The token verifier of a mesh process: tokens of [`TOKEN_ISSUER`] for
+/// [`TOKEN_AUDIENCE`], keys from the auth service's JWKS (`GetJwks`,
+/// refetched on an unknown `kid`), sessions checked with the auth service
+/// (`CheckSession`, answers reused for [`SESSION_CHECK_TTL`]).
+pub fn auth_verifier(auth: MeshChannel) -> Verifier {
+    Verifier::new(
+        TOKEN_ISSUER,
+        TOKEN_AUDIENCE,
+        Arc::new(GrpcJwksFetcher {
+            auth: AuthClient::new(auth.clone()),
+        }),
+    )
+    .with_session_checker(
+        Arc::new(GrpcSessionChecker {
+            auth: AuthClient::new(auth),
+        }),
+        SESSION_CHECK_TTL,
+    )
+}
+
+/// The auth service's JWKS over mTLS.
+#[derive(Debug, Clone)]
+struct GrpcJwksFetcher {
+    auth: AuthClient<MeshChannel>,
+}
+
+impl JwksFetcher for GrpcJwksFetcher {
+    fn fetch(&self) -> BoxFuture<'static, Result<JwkSet, TokenError>> {
+        let mut auth = self.auth.clone();
+        Box::pin(async move {
+            let reply = auth.get_jwks(GetJwksRequest {}).await.map_err(|s| {
+                TokenError::Jwks(format!("auth GetJwks: {:?}: {}", s.code(), s.message()))
+            })?;
+            parse_jwks(reply.into_inner().jwks_json.as_bytes())
+        })
+    }
+}
+
+/// Session status asked of the auth service over mTLS.
+#[derive(Debug, Clone)]
+struct GrpcSessionChecker {
+    auth: AuthClient<MeshChannel>,
+}
+
+impl SessionChecker for GrpcSessionChecker {
+    fn is_active(&self, sid: &str) -> BoxFuture<'static, Result<bool, TokenError>> {
+        let mut auth = self.auth.clone();
+        let session_id = sid.to_owned();
+        Box::pin(async move {
+            let reply = auth
+                .check_session(CheckSessionRequest { session_id })
+                .await
+                .map_err(|s| {
+                    TokenError::SessionCheck(format!(
+                        "auth CheckSession: {:?}: {}",
+                        s.code(),
+                        s.message()
+                    ))
+                })?;
+            Ok(reply.into_inner().active)
         })
     }
 }

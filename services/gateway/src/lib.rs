@@ -109,7 +109,7 @@ pub async fn start(
     let directory = Directory::new(&config.data_dir);
     let auth = mesh.service_channel(&directory, "auth")?;
     let user = mesh.service_channel(&directory, "user")?;
-    let verifier = api::session::mesh_verifier(auth.clone());
+    let verifier = trustmesh_runtime::auth_verifier(auth.clone());
     let rest = Api::new(auth, user, verifier, policy.clone(), proxies);
 
     let metrics = MetricsRegistry::new();

@@ -88,7 +88,7 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// The API over channels to the auth and user services (normally
     /// [`trustmesh_runtime::MeshClient::service_channel`]s), verifying access
-    /// tokens with `verifier` (normally [`session::mesh_verifier`]) and
+    /// tokens with `verifier` (normally [`trustmesh_runtime::auth_verifier`]) and
     /// authorizing routes with `policy`.
     pub fn new(
         auth: MeshChannel,

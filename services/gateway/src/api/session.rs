@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, RawPathParams, Request, State};
@@ -34,12 +34,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataValue;
 use trustmesh_policy::{Peer, PolicyInput, RequestContext, Subject};
-use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
-use trustmesh_proto::trustmesh::auth::v1::{CheckSessionRequest, GetJwksRequest};
-use trustmesh_runtime::MeshChannel;
-use trustmesh_tokens::{
-    AccessClaims, BoxFuture, JwkSet, JwksFetcher, SessionChecker, TokenError, parse_jwks,
-};
+use trustmesh_tokens::{AccessClaims, TokenError};
 
 use super::Api;
 use super::errors::ApiError;
@@ -68,9 +63,6 @@ const ACCESS_MAX_AGE: i64 = 15 * 60;
 const REFRESH_MAX_AGE: i64 = 12 * 60 * 60;
 /// Longest user agent forwarded.
 const MAX_USER_AGENT: usize = 256;
-/// How long a session check's answer is reused (revocation latency), as in
-/// every service.
-const SESSION_CACHE_TTL: Duration = trustmesh_runtime::SESSION_CHECK_TTL;
 
 /// The routes anyone may call without a token (the policy allows them
 /// without a subject, and they need none).
@@ -412,22 +404,7 @@ pub struct Caller {
 impl Caller {
     /// The policy subject of this caller.
     pub fn subject(&self) -> Subject {
-        subject_of(&self.claims)
-    }
-}
-
-/// The policy subject of verified claims; `mfa` when the token's `amr`
-/// names a second factor (`otp`, `recovery` — the auth service's values —
-/// or the generic `mfa`), as the services' own subject resolver decides.
-pub fn subject_of(claims: &AccessClaims) -> Subject {
-    Subject {
-        sub: claims.sub.clone(),
-        role: claims.role.clone(),
-        sid: claims.sid.clone(),
-        mfa: claims
-            .amr
-            .iter()
-            .any(|m| matches!(m.as_str(), "otp" | "recovery" | "mfa")),
+        trustmesh_runtime::subject_from_claims(&self.claims)
     }
 }
 
@@ -658,81 +635,6 @@ pub fn grpc_request<T>(
         metadata.insert(REQUEST_ID_HEADER, value);
     }
     request
-}
-
-/// The auth service's JWKS over mTLS (`trustmesh.auth.v1.Auth/GetJwks`).
-#[derive(Debug, Clone)]
-pub struct GrpcJwksFetcher {
-    auth: AuthClient<MeshChannel>,
-}
-
-impl GrpcJwksFetcher {
-    /// A fetcher calling the auth service on `auth`.
-    pub fn new(auth: MeshChannel) -> Self {
-        Self {
-            auth: AuthClient::new(auth),
-        }
-    }
-}
-
-impl JwksFetcher for GrpcJwksFetcher {
-    fn fetch(&self) -> BoxFuture<'static, Result<JwkSet, TokenError>> {
-        let mut auth = self.auth.clone();
-        Box::pin(async move {
-            let reply = auth.get_jwks(GetJwksRequest {}).await.map_err(|s| {
-                TokenError::Jwks(format!("auth GetJwks: {:?}: {}", s.code(), s.message()))
-            })?;
-            parse_jwks(reply.into_inner().jwks_json.as_bytes())
-        })
-    }
-}
-
-/// Whether a session is active, asked of the auth service over mTLS
-/// (`trustmesh.auth.v1.Auth/CheckSession`).
-#[derive(Debug, Clone)]
-pub struct GrpcSessionChecker {
-    auth: AuthClient<MeshChannel>,
-}
-
-impl GrpcSessionChecker {
-    /// A checker calling the auth service on `auth`.
-    pub fn new(auth: MeshChannel) -> Self {
-        Self {
-            auth: AuthClient::new(auth),
-        }
-    }
-}
-
-impl SessionChecker for GrpcSessionChecker {
-    fn is_active(&self, sid: &str) -> BoxFuture<'static, Result<bool, TokenError>> {
-        let mut auth = self.auth.clone();
-        let session_id = sid.to_owned();
-        Box::pin(async move {
-            let reply = auth
-                .check_session(CheckSessionRequest { session_id })
-                .await
-                .map_err(|s| {
-                    TokenError::SessionCheck(format!(
-                        "auth CheckSession: {:?}: {}",
-                        s.code(),
-                        s.message()
-                    ))
-                })?;
-            Ok(reply.into_inner().active)
-        })
-    }
-}
-
-/// The gateway's token verifier: tokens of [`super::TOKEN_ISSUER`] for
-/// [`super::TOKEN_AUDIENCE`], keys from the auth service's JWKS, sessions
-/// checked with the auth service (answers reused for 2 s).
-pub fn mesh_verifier(auth: MeshChannel) -> trustmesh_tokens::Verifier {
-    trustmesh_tokens::Verifier::new(
-        super::TOKEN_ISSUER,
-        super::TOKEN_AUDIENCE,
-        Arc::new(GrpcJwksFetcher::new(auth.clone())),
-    )
-    .with_session_checker(Arc::new(GrpcSessionChecker::new(auth)), SESSION_CACHE_TTL)
 }
 
 #[cfg(test)]
