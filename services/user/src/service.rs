@@ -30,6 +30,15 @@ pub struct UserService {
 }
 
 impl UserService {
+    /// The profile of `user_id`, or `NOT_FOUND` with `missing`.
+    async fn profile_or(&self, user_id: &str, missing: &str) -> Result<ProfileRow, Status> {
+        self.store
+            .profile(user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(missing.to_owned()))
+    }
+
     /// A service over `store`, reaching the auth service through `auth`.
     pub fn new(store: UserStore, auth: MeshChannel) -> Self {
         Self {
@@ -75,11 +84,8 @@ impl User for UserService {
     async fn get_me(&self, request: Request<GetMeRequest>) -> Result<Response<Profile>, Status> {
         let me = Subject::of(&request)?;
         let row = self
-            .store
-            .profile(&me.sub)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("no profile for this account"))?;
+            .profile_or(&me.sub, "no profile for this account")
+            .await?;
         Ok(Response::new(to_profile(row)))
     }
 
@@ -212,12 +218,7 @@ impl User for UserService {
                 ));
             }
         }
-        let row = self
-            .store
-            .profile(&target)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("no such user"))?;
+        let row = self.profile_or(&target, "no such user").await?;
         Ok(Response::new(to_profile(row)))
     }
 
@@ -231,12 +232,7 @@ impl User for UserService {
             return Err(Status::invalid_argument("name must be 1 to 100 characters"));
         }
         valid_uuid("manager_id", &req.manager_id)?;
-        let manager = self
-            .store
-            .profile(&req.manager_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("no such manager"))?;
+        let manager = self.profile_or(&req.manager_id, "no such manager").await?;
         if manager.role != "manager" && manager.role != "admin" {
             return Err(Status::failed_precondition(
                 "manager_role_required: the manager must have the manager role",
@@ -313,12 +309,7 @@ impl User for UserService {
         request: Request<GetRoleRequest>,
     ) -> Result<Response<GetRoleReply>, Status> {
         let req = request.into_inner();
-        let row = self
-            .store
-            .profile(&req.user_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("no such user"))?;
+        let row = self.profile_or(&req.user_id, "no such user").await?;
         Ok(Response::new(GetRoleReply { role: row.role }))
     }
 }
