@@ -14,8 +14,11 @@ ci:
 
 # Benchmarks (figures go into the README's performance section).
 bench:
+    cargo build --release -p trustmesh
     cargo bench -p trustmesh-policy --bench decision
     cargo bench -p trustmesh-tests --bench grpc_loopback
+    cargo bench -p trustmesh-tests --bench login
+    cargo run --release -p trustmesh-auth --example hash_rate
 
 # Run the Rego tests.
 policy-test:
