@@ -34,7 +34,12 @@ decision := data.trustmesh.lib.from_any_workload if {
 	input.rpc in {"/trustmesh.auth.v1.Auth/GetJwks", "/trustmesh.auth.v1.Auth/CheckSession"}
 }
 
-# Password re-verification and account deletion: the user service only.
+# Password re-verification, email change and account deletion: the user
+# service only.
 decision := data.trustmesh.lib.from_workload("user") if {
-	input.rpc in {"/trustmesh.auth.v1.Auth/VerifyPassword", "/trustmesh.auth.v1.Auth/DeleteAccount"}
+	input.rpc in {
+		"/trustmesh.auth.v1.Auth/VerifyPassword",
+		"/trustmesh.auth.v1.Auth/DeleteAccount",
+		"/trustmesh.auth.v1.Auth/ChangeEmail",
+	}
 }

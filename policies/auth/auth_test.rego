@@ -51,6 +51,8 @@ test_password_checks_only_from_the_user_service if {
 	auth.decision.allow with input as call("VerifyPassword", user_svc, null)
 	auth.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("VerifyPassword", gateway, subject)
 	auth.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("DeleteAccount", gateway, subject)
+	auth.decision.allow with input as call("ChangeEmail", user_svc, null)
+	auth.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("ChangeEmail", gateway, subject)
 }
 
 test_unknown_method_denied if {

@@ -631,6 +631,46 @@ fn the_operator_makes_the_first_admin_who_manages_roles() {
         "role_required",
     );
 
+    // Changing the email needs the password again; then the new one logs in.
+    let new_email = format!("robert.{}@example.com", uuid::Uuid::new_v4().simple());
+    let patch = |body: Value| {
+        api.call(
+            "PATCH",
+            "/api/v1/users/me",
+            &[("authorization", &bearer(&user_token))],
+            Some(body),
+        )
+    };
+    expect(
+        &patch(json!({"email": new_email})),
+        422,
+        "password_required",
+    );
+    expect(
+        &patch(json!({"email": new_email, "current_password": "not the password at all"})),
+        403,
+        "wrong_password",
+    );
+    expect(
+        &patch(json!({"email": alice_email, "current_password": PASSWORD})),
+        409,
+        "email_taken",
+    );
+    let changed = patch(json!({"email": new_email.to_uppercase(), "current_password": PASSWORD}));
+    assert_eq!(changed.status, 200, "{changed:?}");
+    assert_eq!(json_of(&changed)["email"], new_email);
+    let old = api.post(
+        "/api/v1/auth/login",
+        json!({"email": bob_email, "password": PASSWORD}),
+    );
+    expect(&old, 401, "invalid_credentials");
+    let _ = login(
+        &api,
+        &new_email,
+        json!({"recovery_code": bob.recovery_codes[1]}),
+    );
+    let bob_email = new_email;
+
     // Deleting an account needs the password; then its tokens are refused.
     let wrong = api.call(
         "DELETE",

@@ -867,4 +867,55 @@ impl Auth for AuthService {
         tracing::info!(user_id = %req.user_id, "account deleted");
         Ok(Response::new(DeleteAccountReply {}))
     }
+
+    async fn change_email(
+        &self,
+        request: Request<ChangeEmailRequest>,
+    ) -> Result<Response<ChangeEmailReply>, Status> {
+        let req = request.into_inner();
+        let account = self
+            .store
+            .account(&req.user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::NotFound,
+                    "account_not_found",
+                    "no such account",
+                )
+            })?;
+        let (ok, _) = self
+            .verify_password(req.password, Some(account.password_hash.clone()))
+            .await?;
+        if !ok {
+            return Err(status(
+                tonic::Code::PermissionDenied,
+                "wrong_password",
+                "the current password is wrong",
+            ));
+        }
+        let email = email::normalize(&req.new_email).map_err(|e| {
+            status(
+                tonic::Code::InvalidArgument,
+                "invalid_email",
+                &e.to_string(),
+            )
+        })?;
+        if email != account.email
+            && !self
+                .store
+                .set_email(&account.user_id, &email)
+                .await
+                .map_err(internal)?
+        {
+            return Err(status(
+                tonic::Code::AlreadyExists,
+                "email_taken",
+                "an account with this email exists",
+            ));
+        }
+        tracing::info!(user_id = %account.user_id, "email changed");
+        Ok(Response::new(ChangeEmailReply { email }))
+    }
 }

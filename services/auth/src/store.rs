@@ -279,6 +279,32 @@ impl AuthStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Changes the email and records `EMAIL_CHANGED`; `Ok(false)` when the
+    /// new email belongs to another account.
+    pub async fn set_email(&self, user_id: &str, email: &str) -> Result<bool, StoreError> {
+        let mut tx = self.db.pool().begin().await?;
+        let updated = sqlx::query("UPDATE accounts SET email = $1 WHERE user_id = $2")
+            .bind(email)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await;
+        match updated {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        record_event(
+            &mut tx,
+            "auth",
+            "EMAIL_CHANGED",
+            user_id,
+            &serde_json::json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Replaces the password hash.
     pub async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE accounts SET password_hash = $1 WHERE user_id = $2")

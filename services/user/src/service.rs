@@ -5,7 +5,9 @@
 use tonic::{Request, Response, Status};
 use trustmesh_policy::Subject;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
-use trustmesh_proto::trustmesh::auth::v1::{DeleteAccountRequest, VerifyPasswordRequest};
+use trustmesh_proto::trustmesh::auth::v1::{
+    ChangeEmailRequest, DeleteAccountRequest, VerifyPasswordRequest,
+};
 use trustmesh_proto::trustmesh::user::v1::user_server::User;
 use trustmesh_proto::trustmesh::user::v1::{
     AddTeamMemberRequest, CreateTeamRequest, DeleteMeReply, DeleteMeRequest, EnsureProfileRequest,
@@ -109,6 +111,33 @@ impl User for UserService {
             if !self
                 .store
                 .set_display_name(&me.sub, name)
+                .await
+                .map_err(internal)?
+            {
+                return Err(Status::not_found("no profile for this account"));
+            }
+        }
+        if let Some(new_email) = &request.get_ref().email {
+            // An email change needs the password again: auth checks it,
+            // normalises the address and keeps it unique.
+            let password = request.get_ref().current_password.clone();
+            if password.is_empty() {
+                return Err(Status::invalid_argument(
+                    "password_required: changing the email needs current_password",
+                ));
+            }
+            let mut auth = self.auth.clone();
+            let changed = auth
+                .change_email(ChangeEmailRequest {
+                    user_id: me.sub.clone(),
+                    password,
+                    new_email: new_email.clone(),
+                })
+                .await?
+                .into_inner();
+            if !self
+                .store
+                .set_email(&me.sub, &changed.email)
                 .await
                 .map_err(internal)?
             {

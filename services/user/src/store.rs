@@ -121,6 +121,16 @@ impl UserStore {
         Ok(row.as_ref().map(profile).transpose()?)
     }
 
+    /// Sets the (already verified and normalised) email.
+    pub async fn set_email(&self, user_id: &str, email: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE profiles SET email = $1 WHERE user_id = $2")
+            .bind(email)
+            .bind(user_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Sets the display name.
     pub async fn set_display_name(&self, user_id: &str, name: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE profiles SET display_name = $1 WHERE user_id = $2")

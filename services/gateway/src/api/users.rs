@@ -79,6 +79,10 @@ pub(crate) async fn get_me(
 pub(crate) struct UpdateMe {
     #[serde(default)]
     display_name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    current_password: Option<String>,
 }
 
 pub(crate) async fn update_me(
@@ -89,6 +93,8 @@ pub(crate) async fn update_me(
 ) -> Result<Response, ApiError> {
     let request = UpdateMeRequest {
         display_name: body.display_name,
+        email: body.email,
+        current_password: body.current_password.unwrap_or_default(),
     };
     let profile = api
         .call(

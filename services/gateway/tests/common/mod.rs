@@ -384,4 +384,11 @@ impl Auth for FakeAuth {
     ) -> Reply_<DeleteAccountReply> {
         Err(Status::unimplemented("not in the fake"))
     }
+
+    async fn change_email(
+        &self,
+        _request: tonic::Request<ChangeEmailRequest>,
+    ) -> Reply_<ChangeEmailReply> {
+        Err(Status::unimplemented("not in the fake"))
+    }
 }
