@@ -27,6 +27,8 @@ fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
+            // Watch every folder too, so a new .proto file reruns the build.
+            println!("cargo:rerun-if-changed={}", path.display());
             collect_protos(&path, out)?;
         } else if path.extension().is_some_and(|ext| ext == "proto") {
             println!("cargo:rerun-if-changed={}", path.display());
