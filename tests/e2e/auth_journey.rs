@@ -671,6 +671,33 @@ fn the_operator_makes_the_first_admin_who_manages_roles() {
     );
     let bob_email = new_email;
 
+    // A stolen access token cannot be used to guess the password: wrong
+    // passwords on sensitive changes count toward the lockout.
+    let carol_email = format!("carol.{}@example.com", uuid::Uuid::new_v4().simple());
+    let carol = register(&api, &carol_email);
+    let carol_session = login(
+        &api,
+        &carol_email,
+        json!({"recovery_code": carol.recovery_codes[0]}),
+    );
+    let carol_token = carol_session["access_token"].as_str().unwrap().to_owned();
+    for _ in 0..5 {
+        let guess = api.call(
+            "DELETE",
+            "/api/v1/users/me",
+            &[("authorization", &bearer(&carol_token))],
+            Some(json!({"password": "a guess that is wrong"})),
+        );
+        assert_eq!(guess.status, 403, "{guess:?}");
+    }
+    let locked = api.call(
+        "DELETE",
+        "/api/v1/users/me",
+        &[("authorization", &bearer(&carol_token))],
+        Some(json!({"password": PASSWORD})),
+    );
+    expect(&locked, 423, "account_locked");
+
     // Deleting an account needs the password; then its tokens are refused.
     let wrong = api.call(
         "DELETE",

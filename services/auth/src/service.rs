@@ -238,6 +238,35 @@ impl AuthService {
         Ok(())
     }
 
+    /// Checks the password of an existing account for a sensitive change
+    /// (password or email change, account deletion). A wrong password counts
+    /// toward the lockout like a failed login, and a locked account is
+    /// refused (423), so a stolen access token cannot be used to guess the
+    /// password.
+    async fn recheck_password(
+        &self,
+        account: &Account,
+        password: String,
+        client_ip: &str,
+    ) -> Result<bool, Status> {
+        let now = unix_now();
+        if let Some(until) = self
+            .store
+            .locked_until(&account.user_id, now)
+            .await
+            .map_err(internal)?
+        {
+            return Err(locked(until - now));
+        }
+        let (ok, _) = self
+            .verify_password(password, Some(account.password_hash.clone()))
+            .await?;
+        if !ok {
+            self.fail_login(Some(&account.user_id), client_ip).await?;
+        }
+        Ok(ok)
+    }
+
     async fn check_ip(&self, client_ip: &str) -> Result<(), Status> {
         let limit = self.settings.lockout.per_ip_max_failures;
         if client_ip.is_empty() || limit == 0 {
@@ -775,6 +804,7 @@ impl Auth for AuthService {
         request: Request<ChangePasswordRequest>,
     ) -> Result<Response<ChangePasswordReply>, Status> {
         let me = Subject::of(&request)?;
+        let client_ip = metadata_text(&request, "x-client-ip");
         let req = request.into_inner();
         let account = self
             .store
@@ -788,8 +818,8 @@ impl Auth for AuthService {
                     "no such account",
                 )
             })?;
-        let (ok, _) = self
-            .verify_password(req.current_password, Some(account.password_hash.clone()))
+        let ok = self
+            .recheck_password(&account, req.current_password, &client_ip)
             .await?;
         if !ok {
             return Err(status(
@@ -839,11 +869,15 @@ impl Auth for AuthService {
         &self,
         request: Request<VerifyPasswordRequest>,
     ) -> Result<Response<VerifyPasswordReply>, Status> {
+        let client_ip = metadata_text(&request, "x-client-ip");
         let req = request.into_inner();
-        let account = self.store.account(&req.user_id).await.map_err(internal)?;
-        let (ok, _) = self
-            .verify_password(req.password, account.map(|a| a.password_hash))
-            .await?;
+        let ok = match self.store.account(&req.user_id).await.map_err(internal)? {
+            Some(account) => {
+                self.recheck_password(&account, req.password, &client_ip)
+                    .await?
+            }
+            None => self.verify_password(req.password, None).await?.0,
+        };
         Ok(Response::new(VerifyPasswordReply { ok }))
     }
 
@@ -872,6 +906,7 @@ impl Auth for AuthService {
         &self,
         request: Request<ChangeEmailRequest>,
     ) -> Result<Response<ChangeEmailReply>, Status> {
+        let client_ip = metadata_text(&request, "x-client-ip");
         let req = request.into_inner();
         let account = self
             .store
@@ -885,8 +920,8 @@ impl Auth for AuthService {
                     "no such account",
                 )
             })?;
-        let (ok, _) = self
-            .verify_password(req.password, Some(account.password_hash.clone()))
+        let ok = self
+            .recheck_password(&account, req.password, &client_ip)
             .await?;
         if !ok {
             return Err(status(
