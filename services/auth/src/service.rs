@@ -267,6 +267,37 @@ impl AuthService {
         Ok(ok)
     }
 
+    /// The account of `user_id` once its `password` is rechecked (see
+    /// [`Self::recheck_password`]): `NOT_FOUND` without such an account,
+    /// `PERMISSION_DENIED` (`wrong_password`) for a wrong password.
+    async fn account_with_password(
+        &self,
+        user_id: &str,
+        password: String,
+        client_ip: &str,
+    ) -> Result<Account, Status> {
+        let account = self
+            .store
+            .account(user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                status(
+                    tonic::Code::NotFound,
+                    "account_not_found",
+                    "no such account",
+                )
+            })?;
+        if !self.recheck_password(&account, password, client_ip).await? {
+            return Err(status(
+                tonic::Code::PermissionDenied,
+                "wrong_password",
+                "the current password is wrong",
+            ));
+        }
+        Ok(account)
+    }
+
     async fn check_ip(&self, client_ip: &str) -> Result<(), Status> {
         let limit = self.settings.lockout.per_ip_max_failures;
         if client_ip.is_empty() || limit == 0 {
@@ -807,27 +838,8 @@ impl Auth for AuthService {
         let client_ip = metadata_text(&request, "x-client-ip");
         let req = request.into_inner();
         let account = self
-            .store
-            .account(&me.sub)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                status(
-                    tonic::Code::NotFound,
-                    "account_not_found",
-                    "no such account",
-                )
-            })?;
-        let ok = self
-            .recheck_password(&account, req.current_password, &client_ip)
+            .account_with_password(&me.sub, req.current_password, &client_ip)
             .await?;
-        if !ok {
-            return Err(status(
-                tonic::Code::PermissionDenied,
-                "wrong_password",
-                "the current password is wrong",
-            ));
-        }
         check_policy(&req.new_password, &account.email)
             .map_err(|rule| status(tonic::Code::InvalidArgument, rule.code(), &rule.to_string()))?;
         let phc = self.hash_password(req.new_password).await?;
@@ -909,27 +921,8 @@ impl Auth for AuthService {
         let client_ip = metadata_text(&request, "x-client-ip");
         let req = request.into_inner();
         let account = self
-            .store
-            .account(&req.user_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                status(
-                    tonic::Code::NotFound,
-                    "account_not_found",
-                    "no such account",
-                )
-            })?;
-        let ok = self
-            .recheck_password(&account, req.password, &client_ip)
+            .account_with_password(&req.user_id, req.password, &client_ip)
             .await?;
-        if !ok {
-            return Err(status(
-                tonic::Code::PermissionDenied,
-                "wrong_password",
-                "the current password is wrong",
-            ));
-        }
         let email = email::normalize(&req.new_email).map_err(|e| {
             status(
                 tonic::Code::InvalidArgument,
