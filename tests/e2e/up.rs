@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use trustmesh_runtime::SvidFiles;
 use trustmesh_tests::{
-    Mesh, health_client, http_get, https_get, process_alive, reckless_client_config, run_cli,
-    signal, spiffe_id,
+    Mesh, health_client, http_get, https_get, metrics_with, process_alive, reckless_client_config,
+    run_cli, signal, spiffe_id,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -116,8 +116,13 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
     );
 
     // Admin endpoint: metrics (the handshakes and decisions above) and health.
-    let (status, metrics) = rt.block_on(http_get(admin, "/metrics")).unwrap();
-    assert_eq!(status, 200);
+    let metrics = rt.block_on(metrics_with(
+        admin,
+        &[
+            "tls_handshakes_total{outcome=\"ok\"}",
+            "tls_handshakes_total{outcome=\"refused\"}",
+        ],
+    ));
     assert!(
         metrics.contains("tls_handshakes_total{outcome=\"ok\"}"),
         "{metrics}"

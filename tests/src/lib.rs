@@ -642,6 +642,21 @@ where
     })
 }
 
+/// The `/metrics` text of the admin endpoint at `addr` once it contains every
+/// one of `needles`, waiting up to 5 s: a server counts a refused handshake
+/// in its own task, which may finish just after the client saw the refusal.
+/// Returns the last text read either way, for the caller's assertions.
+pub async fn metrics_with(addr: SocketAddr, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text) = http_get(addr, "/metrics").await.expect("GET /metrics");
+        if needles.iter().all(|n| text.contains(n)) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A raw Workload API client over the Unix socket at `socket` (no metadata
 /// added: tests choose what to send).
 pub async fn workload_api_client(
