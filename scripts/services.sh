@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes sure the local servers the tests talk to are up (PostgreSQL on
-# 127.0.0.1:5432 with the `test` database), starting them with the machine's
-# own service commands when they are not. Installs nothing it cannot find.
+# 127.0.0.1:5432 with the `test` database, RabbitMQ on 127.0.0.1:5672 with
+# guest/guest), installing and starting them with the machine's own service
+# commands when they are not.
 set -euo pipefail
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
@@ -19,5 +20,24 @@ if ! pg_up; then
 fi
 if ! pg_up; then
     echo "error: PostgreSQL is not reachable on 127.0.0.1:5432" >&2
+    exit 1
+fi
+
+rabbit_up() { rabbitmqctl -q await_startup >/dev/null 2>&1 && rabbitmqctl -q status >/dev/null 2>&1; }
+
+if ! command -v rabbitmqctl >/dev/null 2>&1; then
+    echo "==> installing RabbitMQ"
+    apt-get update -qq && apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    echo "==> starting RabbitMQ"
+    rabbitmq-server -detached || true
+    for _ in $(seq 1 60); do rabbitmqctl -q status >/dev/null 2>&1 && break; sleep 1; done
+fi
+# A test may have stopped the broker's application (fault tolerance) and
+# died before restarting it: start_app is a no-op when it runs.
+rabbitmqctl -q start_app >/dev/null 2>&1 || true
+if ! rabbit_up; then
+    echo "error: RabbitMQ is not reachable on 127.0.0.1:5672" >&2
     exit 1
 fi

@@ -53,6 +53,18 @@ rest_admin_routes := {
 	"POST /api/v1/teams",
 }
 
+# The audit log, read-only: auditors and admins.
+rest_audit_routes := {
+	"GET /api/v1/audit/events",
+	"GET /api/v1/audit/decisions",
+	"GET /api/v1/audit/verify",
+}
+
+decision := rest_signed_in(["audit", "admin"]) if {
+	rest_call
+	input.rpc in rest_audit_routes
+}
+
 # Team membership: admins, and managers (the user service checks that a
 # manager manages that team).
 rest_team_routes := {"POST /api/v1/teams/{id}/members"}

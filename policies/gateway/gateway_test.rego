@@ -160,3 +160,29 @@ test_rest_route_not_matched_with_spiffe_id if {
 	d := gateway.decision with input as i
 	d.reason == "unknown_method"
 }
+
+audit_routes := ["GET /api/v1/audit/events", "GET /api/v1/audit/decisions", "GET /api/v1/audit/verify"]
+
+test_rest_audit_routes_allowed_for_auditors_and_admins if {
+	every route in audit_routes {
+		every role in ["audit", "admin"] {
+			gateway.decision == allowed with input as rest(route, subject(role, true))
+		}
+	}
+}
+
+test_rest_audit_routes_denied_for_others if {
+	every route in audit_routes {
+		every role in ["user", "manager", "finance"] {
+			d := gateway.decision with input as rest(route, subject(role, true))
+			d == {"allow": false, "reason": "role_required"}
+		}
+	}
+}
+
+test_rest_audit_routes_denied_without_subject if {
+	every route in audit_routes {
+		d := gateway.decision with input as rest(route, null)
+		d == {"allow": false, "reason": "subject_required"}
+	}
+}

@@ -5,153 +5,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{Value, json};
-use trustmesh_tests::{HttpsResponse, Mesh, PostgresDb, https_get, https_request};
-
-/// A client of one mesh's gateway.
-struct Api {
-    addr: SocketAddr,
-    ca: PathBuf,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Api {
-    fn new(mesh: &Mesh) -> Self {
-        Self {
-            addr: mesh.gateway_addr(),
-            ca: mesh.gateway_ca(),
-            rt: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<Value>,
-    ) -> HttpsResponse {
-        let body = body.map(|b| b.to_string());
-        self.rt
-            .block_on(https_request(
-                self.addr,
-                &self.ca,
-                method,
-                path,
-                headers,
-                body.as_deref(),
-            ))
-            .unwrap()
-    }
-
-    fn post(&self, path: &str, body: Value) -> HttpsResponse {
-        self.call("POST", path, &[], Some(body))
-    }
-
-    fn get_with(&self, path: &str, token: &str) -> HttpsResponse {
-        let bearer = format!("Bearer {token}");
-        self.call("GET", path, &[("authorization", &bearer)], None)
-    }
-}
-
-fn json_of(response: &HttpsResponse) -> Value {
-    serde_json::from_str(&response.body).unwrap_or(Value::Null)
-}
-
-fn error_code(response: &HttpsResponse) -> String {
-    json_of(response)["error"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-#[track_caller]
-fn expect(response: &HttpsResponse, status: u16, code: &str) {
-    assert_eq!(response.status, status, "{response:?}");
-    if !code.is_empty() {
-        assert_eq!(error_code(response), code, "{response:?}");
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// The TOTP code of the enrolment URI at `unix` time.
-fn totp_code(otpauth_uri: &str, unix: u64) -> String {
-    totp_rs::TOTP::from_url_unchecked(otpauth_uri)
-        .unwrap()
-        .generate(unix)
-}
-
-const PASSWORD: &str = "correct horse battery staple 7";
-
-struct Registered {
-    user_id: String,
-    otpauth_uri: String,
-    recovery_codes: Vec<String>,
-}
-
-fn register(api: &Api, email: &str) -> Registered {
-    let reg = api.post(
-        "/api/v1/auth/register",
-        json!({"email": email, "password": PASSWORD}),
-    );
-    assert_eq!(reg.status, 201, "{reg:?}");
-    let reg = json_of(&reg);
-    let uri = reg["otpauth_uri"].as_str().unwrap().to_owned();
-    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
-    assert!(reg["qr_svg"].as_str().unwrap().contains("<svg"));
-    let confirmed = api.post(
-        "/api/v1/auth/register/confirm",
-        json!({"enrollment_token": reg["enrollment_token"], "code": totp_code(&uri, now())}),
-    );
-    assert_eq!(confirmed.status, 200, "{confirmed:?}");
-    let codes: Vec<String> = json_of(&confirmed)["recovery_codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(codes.len(), 10);
-    Registered {
-        user_id: reg["user_id"].as_str().unwrap().to_owned(),
-        otpauth_uri: uri,
-        recovery_codes: codes,
-    }
-}
-
-/// Logs in with the TOTP code of the next time step (the current one was
-/// spent by the enrolment) or a recovery code.
-fn login(api: &Api, email: &str, second_factor: Value) -> Value {
-    let step1 = api.post(
-        "/api/v1/auth/login",
-        json!({"email": email, "password": PASSWORD}),
-    );
-    assert_eq!(step1.status, 200, "{step1:?}");
-    let ticket = json_of(&step1)["mfa_ticket"].clone();
-    assert!(
-        json_of(&step1).get("access_token").is_none(),
-        "the password step gives no session"
-    );
-    let mut body = second_factor;
-    body["mfa_ticket"] = ticket;
-    let step2 = api.post("/api/v1/auth/login/mfa", body);
-    assert_eq!(step2.status, 200, "{step2:?}");
-    json_of(&step2)
-}
+use trustmesh_tests::rest::{
+    Api, PASSWORD, bearer, expect, json_of, login, now, register, totp_code,
+};
+use trustmesh_tests::{Mesh, PostgresDb, https_request};
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
@@ -173,10 +34,7 @@ fn forgeries(api: &Api, valid: &str) -> Vec<(&'static str, String)> {
     )
     .unwrap();
     let kid = header["kid"].as_str().unwrap().to_owned();
-    let jwks = api
-        .rt
-        .block_on(https_get(api.addr, "/.well-known/jwks.json", &api.ca))
-        .unwrap();
+    let jwks = api.call("GET", "/.well-known/jwks.json", &[], None);
     assert_eq!(jwks.status, 200, "{jwks:?}");
     let jwks: Value = serde_json::from_str(&jwks.body).unwrap();
     let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
@@ -499,10 +357,10 @@ fn journey(mesh: &Mesh) {
 fn concurrent_registrations(mesh: &Mesh) {
     let api = Api::new(mesh);
     let email = format!("race.{}@example.com", uuid::Uuid::new_v4().simple());
-    let statuses: Vec<u16> = api.rt.block_on(async {
+    let statuses: Vec<u16> = api.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..8 {
-            let (addr, ca, email) = (api.addr, api.ca.clone(), email.clone());
+            let (addr, ca, email) = (api.addr(), api.ca(), email.clone());
             tasks.push(tokio::spawn(async move {
                 let body = json!({"email": email, "password": PASSWORD}).to_string();
                 https_request(addr, &ca, "POST", "/api/v1/auth/register", &[], Some(&body))
@@ -542,10 +400,6 @@ fn journey_on_postgres() {
     journey(&mesh);
     concurrent_registrations(&mesh);
     drop(mesh);
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 #[test]

@@ -23,6 +23,8 @@ use trustmesh_identity::{Issuer, IssuerConfig, PeerIdentity, Registry};
 use trustmesh_policy::PolicyEngine;
 use trustmesh_runtime::{GrpcServer, Shutdown, SvidFiles};
 
+pub mod rest;
+
 /// Generated code of the test-only `trustmesh.testing.v1` package.
 pub mod echo {
     #![allow(missing_docs, clippy::all)]

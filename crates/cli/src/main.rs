@@ -4,11 +4,13 @@
 //! service (what `up` launches, and what a container runs); `identity` manages
 //! registration entries and mints SVIDs; `policy test` runs the Rego tests.
 
+mod audit;
 mod identity;
 mod policy;
 mod serve;
 mod up;
 mod user;
+mod wallet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,10 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// Operator commands on users (the first admin).
     User(user::UserArgs),
+    /// The audit log: verify it is complete and unaltered.
+    Audit(audit::AuditArgs),
+    /// The wallet ledger: check its invariants.
+    Wallet(wallet::WalletArgs),
 }
 
 /// Help and version go out as clap prints them; a usage or configuration
@@ -103,6 +109,8 @@ fn main() -> ExitCode {
             Command::Identity(args) => identity::run(args).await,
             Command::Policy(args) => policy::run(args),
             Command::User(args) => user::run(args).await,
+            Command::Audit(args) => audit::run(args).await,
+            Command::Wallet(args) => wallet::run(args).await,
         }
     });
     match result {

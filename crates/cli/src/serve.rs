@@ -17,7 +17,7 @@ use trustmesh_runtime::{Directory, JwtSubjects, MeshClient, RunReport, RunningSe
 use crate::Common;
 
 /// The services this binary can run, in the order `up` starts them.
-pub const SERVICES: &[&str] = &["auth", "user", "gateway"];
+pub const SERVICES: &[&str] = &["audit", "auth", "user", "wallet", "gateway"];
 
 /// Options of `trustmesh serve`.
 #[derive(Debug, clap::Args)]
@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// Auth: a session ends this long after login.
     #[arg(long, env = "TRUSTMESH_SESSION_MAX", default_value = "12h", value_parser = humantime::parse_duration)]
     session_max: Duration,
+    /// Audit: how long events are kept (older ones are removed daily).
+    #[arg(long, env = "TRUSTMESH_AUDIT_RETENTION", default_value = "90days", value_parser = humantime::parse_duration)]
+    audit_retention: Duration,
+    /// Audit: how often a checkpoint of the log is signed (when it grew).
+    #[arg(long, env = "TRUSTMESH_AUDIT_CHECKPOINT_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
+    audit_checkpoint_every: Duration,
     /// Workload API address (`unix:/path`).
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
     spiffe_endpoint_socket: Option<String>,
@@ -121,6 +127,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let subjects = subjects_via_auth(&source, &common)?;
             let server =
                 trustmesh_user::start(config, source, policy, subjects, shutdown.clone()).await?;
+            serve_until_stopped(&args.service, spiffe_id, server, &common).await?
+        }
+        "wallet" => {
+            let config = trustmesh_wallet::WalletConfig {
+                data_dir: common.data_dir.clone(),
+                trust_domain: common.trust_domain.clone(),
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+            };
+            let subjects = subjects_via_auth(&source, &common)?;
+            let server =
+                trustmesh_wallet::start(config, source, policy, subjects, shutdown.clone()).await?;
+            serve_until_stopped(&args.service, spiffe_id, server, &common).await?
+        }
+        "audit" => {
+            let config = trustmesh_audit::AuditConfig {
+                data_dir: common.data_dir.clone(),
+                trust_domain: common.trust_domain.clone(),
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+                amqp_url: std::env::var("AMQP_URL").ok().filter(|u| !u.is_empty()),
+                retention: args.audit_retention,
+                checkpoint_every: args.audit_checkpoint_every,
+            };
+            let subjects = subjects_via_auth(&source, &common)?;
+            let server =
+                trustmesh_audit::start(config, source, policy, subjects, shutdown.clone()).await?;
             serve_until_stopped(&args.service, spiffe_id, server, &common).await?
         }
         other => anyhow::bail!("unknown service {other}"),

@@ -205,6 +205,23 @@ impl PolicyEngine {
         )
     }
 
+    /// The same policies plus the data documents `files` (`(name, JSON
+    /// text)` pairs), merged into `data`: for example the agents a test
+    /// deposits as.
+    pub fn with_extra_data(self, files: &[(String, String)]) -> Result<Self, PolicyError> {
+        let mut data_files = self.inner.data_files.clone();
+        data_files.extend(files.iter().map(|(name, text)| SourceFile {
+            name: name.clone(),
+            text: text.clone(),
+        }));
+        Self::build(
+            self.inner.origin.clone(),
+            self.inner.policies.clone(),
+            data_files,
+            self.inner.backend,
+        )
+    }
+
     /// The same policies evaluated by regorus's tree-walking interpreter
     /// only (no RVM bytecode): for comparisons and benchmarks.
     #[doc(hidden)]

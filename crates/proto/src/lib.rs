@@ -17,6 +17,13 @@ pub mod spiffe {
 
 /// Trustmesh's own packages, one module per `trustmesh.<service>.v1`.
 pub mod trustmesh {
+    /// The audit service (`trustmesh.audit.v1`).
+    pub mod audit {
+        /// Version 1 of the audit API.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/trustmesh.audit.v1.rs"));
+        }
+    }
     /// The auth service (`trustmesh.auth.v1`).
     pub mod auth {
         /// Version 1 of the auth API.
@@ -29,6 +36,13 @@ pub mod trustmesh {
         /// Version 1 of the user API.
         pub mod v1 {
             include!(concat!(env!("OUT_DIR"), "/trustmesh.user.v1.rs"));
+        }
+    }
+    /// The wallet service (`trustmesh.wallet.v1`).
+    pub mod wallet {
+        /// Version 1 of the wallet API.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/trustmesh.wallet.v1.rs"));
         }
     }
 }

@@ -23,7 +23,7 @@ use tonic::service::Routes;
 use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use trustmesh_identity::PeerIdentity;
-use trustmesh_policy::{PolicyEngine, PolicyLayer, PolicyMetrics, SubjectResolver};
+use trustmesh_policy::{DenyHook, PolicyEngine, PolicyLayer, PolicyMetrics, SubjectResolver};
 use trustmesh_telemetry::{MetricsRegistry, Readiness};
 
 use crate::{RuntimeError, Shutdown, tls};
@@ -53,6 +53,7 @@ pub struct GrpcServer {
     readiness: Readiness,
     health_services: Vec<String>,
     subject_resolver: Option<Arc<dyn SubjectResolver>>,
+    deny_hook: Option<DenyHook>,
 }
 
 impl std::fmt::Debug for GrpcServer {
@@ -104,7 +105,15 @@ impl GrpcServer {
             readiness: Readiness::new(),
             health_services: Vec::new(),
             subject_resolver: None,
+            deny_hook: None,
         }
+    }
+
+    /// Runs `hook` on every policy deny (the events pipeline records them
+    /// as `POLICY_DENY` audit events).
+    pub fn deny_hook(mut self, hook: DenyHook) -> Self {
+        self.deny_hook = Some(hook);
+        self
     }
 
     /// How the end user of a call is found (usually by verifying the bearer
@@ -186,6 +195,9 @@ impl GrpcServer {
             .with_descriptors(&self.descriptors)?;
         if let Some(resolver) = self.subject_resolver.clone() {
             layer = layer.with_subject_resolver(resolver);
+        }
+        if let Some(hook) = self.deny_hook.clone() {
+            layer = layer.with_deny_hook(hook);
         }
 
         let shutdown_admin = shutdown.clone();

@@ -26,6 +26,9 @@ use sqlx::{AnyPool, Executor};
 
 pub use sqlx;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -244,35 +247,6 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-/// Appends an event to the service's `outbox` table inside `tx`, so the event
-/// exists if and only if the change it describes commits. Every service's
-/// migrations create the table (see `services/user/migrations`); the relay of
-/// the events pipeline ships the rows to audit.
-pub async fn record_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    service: &str,
-    action: &str,
-    target: &str,
-    details: &serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let now = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    sqlx::query(
-        "INSERT INTO outbox (id, created_at, service, action, target, details) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(now)
-    .bind(service)
-    .bind(action)
-    .bind(target)
-    .bind(details.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 /// The URL with any password replaced, for error messages and logs.

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spiffe::X509Source;
+use trustmesh_events::Pipeline;
 use trustmesh_policy::PolicyEngine;
 use trustmesh_proto::trustmesh::auth::v1::auth_server::AuthServer;
 use trustmesh_runtime::{
@@ -33,6 +34,7 @@ use trustmesh_runtime::{
     Shutdown, TOKEN_AUDIENCE, TOKEN_ISSUER,
 };
 use trustmesh_store::{Db, StoreConfig, StoreError};
+use trustmesh_telemetry::MetricsRegistry;
 use trustmesh_tokens::{FnSessionChecker, KeyRing, RotationPolicy, TokenIssuer, Verifier};
 
 /// The service's schema: the same portable SQL on SQLite and PostgreSQL.
@@ -104,6 +106,10 @@ pub async fn start(
 ) -> Result<RunningServer, AuthError> {
     let db = Db::connect(&StoreConfig::from_env("auth", &config.data_dir)).await?;
     db.migrate(&MIGRATIONS, &MIGRATIONS).await?;
+    let mesh = MeshClient::new(source.clone(), &config.trust_domain);
+    let directory = Directory::new(&config.data_dir);
+    let metrics = MetricsRegistry::new();
+    let events = Pipeline::start(&db, &mesh, &directory, &metrics, &shutdown)?;
     let store = store::AuthStore::new(db);
     let keys = KeyRing::open(
         &config.data_dir.join("auth").join("signing-keys"),
@@ -136,8 +142,7 @@ pub async fn start(
     let verifier = Verifier::new(TOKEN_ISSUER, TOKEN_AUDIENCE, Arc::new(keys))
         .with_session_checker(Arc::new(sessions), SESSION_CHECK_TTL);
 
-    let users = MeshClient::new(source.clone(), &config.trust_domain)
-        .service_channel(&Directory::new(&config.data_dir), "user")?;
+    let users = mesh.service_channel(&directory, "user")?;
     let service = service::AuthService::new(store, hasher, secrets, tokens, users, config.settings);
     let routes = tonic::service::Routes::new(AuthServer::new(service));
     Ok(
@@ -145,6 +150,8 @@ pub async fn start(
             .grpc_addr(config.grpc_addr)
             .admin_addr(config.admin_addr)
             .subject_resolver(Arc::new(JwtSubjects::new(verifier)))
+            .metrics(metrics)
+            .deny_hook(events.deny_hook("auth"))
             .health_service("trustmesh.auth.v1.Auth")
             .start(routes, shutdown)
             .await?,

@@ -209,11 +209,17 @@ impl AuthService {
             })
     }
 
-    /// Records a failed login and locks the account when it reaches the
-    /// limit.
-    async fn fail_login(&self, user_id: Option<&str>, client_ip: &str) -> Result<(), Status> {
+    /// Records a failed login (and its `LOGIN_FAILED` event, with `reason`)
+    /// and locks the account when it reaches the limit.
+    async fn fail_login(
+        &self,
+        user_id: Option<&str>,
+        client_ip: &str,
+        user_agent: &str,
+        reason: &str,
+    ) -> Result<(), Status> {
         self.store
-            .record_failure(user_id, client_ip)
+            .record_failure(user_id, client_ip, user_agent, reason)
             .await
             .map_err(internal)?;
         let Some(user_id) = user_id else {
@@ -262,7 +268,8 @@ impl AuthService {
             .verify_password(password, Some(account.password_hash.clone()))
             .await?;
         if !ok {
-            self.fail_login(Some(&account.user_id), client_ip).await?;
+            self.fail_login(Some(&account.user_id), client_ip, "", "wrong_password")
+                .await?;
         }
         Ok(ok)
     }
@@ -507,6 +514,7 @@ impl Auth for AuthService {
 
     async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginReply>, Status> {
         let client_ip = metadata_text(&request, "x-client-ip");
+        let user_agent = metadata_text(&request, "x-client-user-agent");
         let req = request.into_inner();
         self.check_ip(&client_ip).await?;
         let account = match email::normalize(&req.email) {
@@ -536,7 +544,13 @@ impl Auth for AuthService {
             Some(account) if ok => account,
             other => {
                 let user_id = other.map(|a| a.user_id);
-                self.fail_login(user_id.as_deref(), &client_ip).await?;
+                let reason = if user_id.is_some() {
+                    "wrong_password"
+                } else {
+                    "unknown_email"
+                };
+                self.fail_login(user_id.as_deref(), &client_ip, &user_agent, reason)
+                    .await?;
                 return Err(invalid_credentials());
             }
         };
@@ -607,7 +621,8 @@ impl Auth for AuthService {
                 let step = match totp::verify(&secret, &req.code, unix_now() as u64, last) {
                     Ok(step) => step,
                     Err(totp::TotpError::Replayed) => {
-                        self.fail_login(Some(&user_id), &client_ip).await?;
+                        self.fail_login(Some(&user_id), &client_ip, &user_agent, "code_replayed")
+                            .await?;
                         return Err(status(
                             tonic::Code::Unauthenticated,
                             "code_replayed",
@@ -615,7 +630,8 @@ impl Auth for AuthService {
                         ));
                     }
                     Err(_) => {
-                        self.fail_login(Some(&user_id), &client_ip).await?;
+                        self.fail_login(Some(&user_id), &client_ip, &user_agent, "invalid_code")
+                            .await?;
                         return Err(status(
                             tonic::Code::Unauthenticated,
                             "invalid_code",
@@ -629,7 +645,8 @@ impl Auth for AuthService {
                     .await
                     .map_err(internal)?
                 {
-                    self.fail_login(Some(&user_id), &client_ip).await?;
+                    self.fail_login(Some(&user_id), &client_ip, &user_agent, "code_replayed")
+                        .await?;
                     return Err(status(
                         tonic::Code::Unauthenticated,
                         "code_replayed",
@@ -646,7 +663,8 @@ impl Auth for AuthService {
                     .await
                     .map_err(internal)?
                 {
-                    self.fail_login(Some(&user_id), &client_ip).await?;
+                    self.fail_login(Some(&user_id), &client_ip, &user_agent, "invalid_code")
+                        .await?;
                     return Err(status(
                         tonic::Code::Unauthenticated,
                         "invalid_code",

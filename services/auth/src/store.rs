@@ -4,7 +4,9 @@
 //! 256-bit random values, so a fast hash is enough), passwords as Argon2id.
 
 use sqlx::Row;
-use trustmesh_store::{Db, StoreError, record_event};
+use trustmesh_events::outbox::record;
+use trustmesh_events::{Event, action};
+use trustmesh_store::{Db, StoreError};
 
 /// The current time in Unix seconds.
 pub fn unix_now() -> i64 {
@@ -153,12 +155,9 @@ impl AuthStore {
         .bind(enrollment_expires_at)
         .execute(&mut *tx)
         .await?;
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "REGISTER",
-            &account.user_id,
-            &serde_json::json!({}),
+            &Event::new("auth", "REGISTER", &account.user_id).by_user(&account.user_id),
         )
         .await?;
         tx.commit().await?;
@@ -236,12 +235,9 @@ impl AuthStore {
             .bind(token_hash)
             .execute(&mut *tx)
             .await?;
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "MFA_ENROLLED",
-            user_id,
-            &serde_json::json!({}),
+            &Event::new("auth", "MFA_ENROLLED", user_id).by_user(user_id),
         )
         .await?;
         tx.commit().await?;
@@ -293,12 +289,9 @@ impl AuthStore {
             Err(e) if is_unique_violation(&e) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "EMAIL_CHANGED",
-            user_id,
-            &serde_json::json!({}),
+            &Event::new("auth", "EMAIL_CHANGED", user_id).by_user(user_id),
         )
         .await?;
         tx.commit().await?;
@@ -320,7 +313,10 @@ impl AuthStore {
         &self,
         user_id: Option<&str>,
         client_ip: &str,
+        user_agent: &str,
+        reason: &str,
     ) -> Result<(), StoreError> {
+        let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO login_failures (id, user_id, client_ip, at) VALUES ($1, $2, $3, $4)",
         )
@@ -328,8 +324,17 @@ impl AuthStore {
         .bind(user_id)
         .bind(client_ip)
         .bind(unix_now())
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
+        let mut event = Event::new("auth", action::LOGIN_FAILED, user_id.unwrap_or("unknown"))
+            .failed()
+            .from_client(Some(client_ip), Some(user_agent))
+            .details(serde_json::json!({ "reason": reason }));
+        if let Some(user_id) = user_id {
+            event = event.by_user(user_id);
+        }
+        record(&mut tx, &event).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -386,12 +391,11 @@ impl AuthStore {
             .bind(until)
             .execute(&mut *tx)
             .await?;
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "ACCOUNT_LOCKED",
-            user_id,
-            &serde_json::json!({"locked_until": until, "client_ip": client_ip}),
+            &Event::new("auth", action::ACCOUNT_LOCKED, user_id)
+                .from_client(Some(client_ip), None)
+                .details(serde_json::json!({"locked_until": until})),
         )
         .await?;
         tx.commit().await?;
@@ -472,13 +476,12 @@ impl AuthStore {
         .bind(row.created_at)
         .execute(&mut *tx)
         .await?;
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "LOGIN",
-            &row.user_id,
-            &serde_json::json!({"session_id": row.session_id, "client_ip": row.client_ip,
-                "user_agent": row.user_agent, "amr": row.amr}),
+            &Event::new("auth", action::LOGIN, &row.user_id)
+                .by_user(&row.user_id)
+                .from_client(Some(&row.client_ip), Some(&row.user_agent))
+                .details(serde_json::json!({"session_id": row.session_id, "amr": row.amr})),
         )
         .await?;
         tx.commit().await?;
@@ -576,12 +579,16 @@ impl AuthStore {
             } else {
                 "SESSION_REVOKED"
             };
-            record_event(
+            let user_id: String =
+                sqlx::query_scalar("SELECT user_id FROM sessions WHERE session_id = $1")
+                    .bind(session_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            record(
                 &mut tx,
-                "auth",
-                action,
-                session_id,
-                &serde_json::json!({"reason": reason}),
+                &Event::new("auth", action, session_id)
+                    .by_user(user_id)
+                    .details(serde_json::json!({"reason": reason})),
             )
             .await?;
         }
@@ -612,12 +619,9 @@ impl AuthStore {
         .bind(keep_session)
         .execute(&mut *tx)
         .await?;
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "PASSWORD_CHANGE",
-            user_id,
-            &serde_json::json!({}),
+            &Event::new("auth", "PASSWORD_CHANGE", user_id).by_user(user_id),
         )
         .await?;
         tx.commit().await?;
@@ -648,12 +652,9 @@ impl AuthStore {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        record_event(
+        record(
             &mut tx,
-            "auth",
-            "ACCOUNT_DELETED",
-            user_id,
-            &serde_json::json!({}),
+            &Event::new("auth", "ACCOUNT_DELETED", user_id).by_user(user_id),
         )
         .await?;
         tx.commit().await?;

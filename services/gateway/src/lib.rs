@@ -18,9 +18,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use spiffe::X509Source;
+use trustmesh_events::Pipeline;
 use trustmesh_policy::PolicyEngine;
 use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RuntimeError, Shutdown};
+use trustmesh_store::{Db, StoreConfig, StoreError};
 use trustmesh_telemetry::MetricsRegistry;
+
+/// The gateway's schema (its outbox): portable SQL.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use api::Api;
 pub use http::{app, router};
@@ -37,6 +42,9 @@ pub enum GatewayError {
     /// The configuration is unusable (e.g. `TRUSTMESH_TRUSTED_PROXIES`).
     #[error("{0}")]
     Config(String),
+    /// The outbox database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The HTTPS listener could not be bound.
     #[error("cannot listen for HTTPS on {addr}: {source}")]
     Bind {
@@ -109,14 +117,24 @@ pub async fn start(
     let directory = Directory::new(&config.data_dir);
     let auth = mesh.service_channel(&directory, "auth")?;
     let user = mesh.service_channel(&directory, "user")?;
+    let audit = mesh.service_channel(&directory, "audit")?;
     let verifier = trustmesh_runtime::auth_verifier(auth.clone());
-    let rest = Api::new(auth, user, verifier, policy.clone(), proxies);
 
+    // Route denies are audit events: the gateway's outbox and its relay.
+    let db = Db::connect(&StoreConfig::from_env("gateway", &config.data_dir)).await?;
+    db.migrate(&MIGRATIONS, &MIGRATIONS).await?;
     let metrics = MetricsRegistry::new();
+    let events = Pipeline::start(&db, &mesh, &directory, &metrics, &shutdown)?;
+    let deny_hook = events.deny_hook("gateway");
+    let rest = Api::new(auth, user, verifier, policy.clone(), proxies)
+        .with_audit(audit)
+        .with_deny_hook(deny_hook.clone());
+
     let server = GrpcServer::new("gateway", &config.trust_domain, source, policy)
         .grpc_addr(config.grpc_addr)
         .admin_addr(config.admin_addr)
-        .metrics(metrics);
+        .metrics(metrics)
+        .deny_hook(deny_hook);
     let readiness = server.readiness();
     let grpc = server
         .start(tonic::service::Routes::default(), shutdown.clone())

@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use spiffe::X509Source;
+use trustmesh_events::Pipeline;
 use trustmesh_policy::{PolicyEngine, SubjectResolver};
 use trustmesh_proto::trustmesh::user::v1::user_server::UserServer;
 use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RunningServer, RuntimeError, Shutdown};
 use trustmesh_store::{Db, StoreConfig, StoreError};
+use trustmesh_telemetry::MetricsRegistry;
 
 /// The service's schema: the same portable SQL on SQLite and PostgreSQL.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -54,8 +56,11 @@ pub async fn start(
 ) -> Result<RunningServer, UserError> {
     let db = Db::connect(&StoreConfig::from_env("user", &config.data_dir)).await?;
     db.migrate(&MIGRATIONS, &MIGRATIONS).await?;
-    let auth = MeshClient::new(source.clone(), &config.trust_domain)
-        .service_channel(&Directory::new(&config.data_dir), "auth")?;
+    let mesh = MeshClient::new(source.clone(), &config.trust_domain);
+    let directory = Directory::new(&config.data_dir);
+    let metrics = MetricsRegistry::new();
+    let events = Pipeline::start(&db, &mesh, &directory, &metrics, &shutdown)?;
+    let auth = mesh.service_channel(&directory, "auth")?;
     let service = service::UserService::new(store::UserStore::new(db), auth);
     let routes = tonic::service::Routes::new(UserServer::new(service));
     Ok(
@@ -63,6 +68,8 @@ pub async fn start(
             .grpc_addr(config.grpc_addr)
             .admin_addr(config.admin_addr)
             .subject_resolver(subjects)
+            .metrics(metrics)
+            .deny_hook(events.deny_hook("user"))
             .health_service("trustmesh.user.v1.User")
             .start(routes, shutdown)
             .await?,

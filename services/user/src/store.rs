@@ -3,6 +3,8 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use trustmesh_events::Event;
+use trustmesh_events::outbox::record;
 use trustmesh_store::{Db, StoreError};
 
 /// The roles a user can hold.
@@ -198,7 +200,13 @@ impl UserStore {
             .execute(&mut *tx)
             .await?;
         let details = serde_json::json!({"from": from, "to": role, "changed_by": changed_by});
-        trustmesh_store::record_event(&mut tx, "user", "ROLE_CHANGED", user_id, &details).await?;
+        record(
+            &mut tx,
+            &Event::new("user", "ROLE_CHANGED", user_id)
+                .by_user(changed_by)
+                .details(details),
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ok(from))
     }
@@ -214,12 +222,9 @@ impl UserStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        trustmesh_store::record_event(
+        record(
             &mut tx,
-            "user",
-            "USER_DELETED",
-            user_id,
-            &serde_json::json!({}),
+            &Event::new("user", "USER_DELETED", user_id).by_user(user_id),
         )
         .await?;
         tx.commit().await?;

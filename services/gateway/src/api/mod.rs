@@ -26,7 +26,14 @@
 //! | `POST /api/v1/users/{id}/role` | `User/SetRole` (admin) |
 //! | `POST /api/v1/teams` | `User/CreateTeam` (admin) → 201 |
 //! | `POST /api/v1/teams/{id}/members` | `User/AddTeamMember` (admin, the team's manager) |
+//! | `GET /api/v1/audit/events?user&action&status&ip&since&until&limit&page` | `Audit/ListEvents` (audit, admin) |
+//! | `GET /api/v1/audit/decisions?…` | `Audit/ListDecisions` (audit, admin) |
+//! | `GET /api/v1/audit/verify` | `Audit/Verify` (audit, admin) |
+//!
+//! Every route the policy refuses is a `POLICY_DENY` event (the deny hook
+//! set with [`Api::with_deny_hook`]).
 
+mod audit;
 mod auth;
 pub mod errors;
 pub mod session;
@@ -39,7 +46,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use trustmesh_policy::PolicyEngine;
+use trustmesh_policy::{DenyHook, PolicyEngine};
+use trustmesh_proto::trustmesh::audit::v1::audit_client::AuditClient;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
 use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
 use trustmesh_runtime::MeshChannel;
@@ -68,6 +76,8 @@ pub struct Api {
 struct Inner {
     auth: AuthClient<MeshChannel>,
     user: UserClient<MeshChannel>,
+    audit: Option<AuditClient<MeshChannel>>,
+    deny_hook: Option<DenyHook>,
     verifier: Verifier,
     policy: PolicyEngine,
     proxies: TrustedProxies,
@@ -101,6 +111,8 @@ impl Api {
             inner: Arc::new(Inner {
                 auth: AuthClient::new(auth),
                 user: UserClient::new(user),
+                audit: None,
+                deny_hook: None,
                 verifier,
                 policy,
                 proxies,
@@ -114,6 +126,30 @@ impl Api {
     pub fn with_upstream_timeout(mut self, timeout: Duration) -> Self {
         Arc::make_mut(&mut self.inner).timeout = timeout;
         self
+    }
+
+    /// The same API with the audit routes served through `audit`.
+    pub fn with_audit(mut self, audit: MeshChannel) -> Self {
+        Arc::make_mut(&mut self.inner).audit = Some(AuditClient::new(audit));
+        self
+    }
+
+    /// The same API running `hook` on every route the policy denies.
+    pub fn with_deny_hook(mut self, hook: DenyHook) -> Self {
+        Arc::make_mut(&mut self.inner).deny_hook = Some(hook);
+        self
+    }
+
+    pub(crate) fn deny_hook(&self) -> Option<&DenyHook> {
+        self.inner.deny_hook.as_ref()
+    }
+
+    /// The audit service, or 503 when this gateway has none.
+    pub(crate) fn audit(&self) -> Result<AuditClient<MeshChannel>, ApiError> {
+        self.inner
+            .audit
+            .clone()
+            .ok_or_else(|| ApiError::unavailable("the audit service is not configured"))
     }
 
     pub(crate) fn auth(&self) -> AuthClient<MeshChannel> {
@@ -187,6 +223,9 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/users/{id}/role", post(users::set_role))
         .route("/api/v1/teams", post(users::create_team))
         .route("/api/v1/teams/{id}/members", post(users::add_team_member))
+        .route("/api/v1/audit/events", get(audit::list_events))
+        .route("/api/v1/audit/decisions", get(audit::list_decisions))
+        .route("/api/v1/audit/verify", get(audit::verify))
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             session::guard,

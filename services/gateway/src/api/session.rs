@@ -544,6 +544,9 @@ async fn admit(
                 request_id = info.request_id,
                 "route denied by policy"
             );
+            if let Some(hook) = api.deny_hook() {
+                hook(&input, &decision);
+            }
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 decision.reason.clone(),

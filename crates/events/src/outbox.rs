@@ -1,0 +1,174 @@
+//! The transactional outbox: a service writes its events into its own
+//! `outbox` table in the same database transaction as the change they
+//! describe, so an event exists if and only if the change committed. The
+//! [`crate::relay`] later ships the unsent rows, oldest first.
+//!
+//! Every service's migrations create the table with [`OUTBOX_COLUMNS`]:
+//!
+//! ```sql
+//! CREATE TABLE outbox (
+//!     id TEXT PRIMARY KEY, created_at TEXT NOT NULL, service TEXT NOT NULL,
+//!     action TEXT NOT NULL, target TEXT NOT NULL, details TEXT NOT NULL,
+//!     sent_at TEXT, status TEXT NOT NULL DEFAULT 'SUCCESS', actor_user TEXT,
+//!     actor_spiffe TEXT, client_ip TEXT, user_agent TEXT, request_id TEXT
+//! );
+//! CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+//! ```
+
+use std::sync::Arc;
+
+use sqlx::Row;
+use tokio::sync::Notify;
+use trustmesh_store::{Db, StoreError};
+
+use crate::event::{Actor, Event, Status, now_rfc3339};
+
+/// The columns of the `outbox` table, in the order [`record`] binds them.
+pub const OUTBOX_COLUMNS: &str = "id, created_at, service, action, status, actor_user, \
+     actor_spiffe, target, client_ip, user_agent, request_id, details";
+
+/// Appends `event` to the outbox inside `tx`: it is shipped if and only if
+/// `tx` commits.
+pub async fn record(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO outbox ({OUTBOX_COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&event.id)
+        .bind(&event.time)
+        .bind(&event.service)
+        .bind(&event.action)
+        .bind(event.status.as_str())
+        .bind(event.actor.user_id.as_deref())
+        .bind(event.actor.spiffe_id.as_deref())
+        .bind(&event.target)
+        .bind(event.client_ip.as_deref())
+        .bind(event.user_agent.as_deref())
+        .bind(event.request_id.as_deref())
+        .bind(event.details.to_string())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A service's outbox: the table plus a wake-up for its relay.
+#[derive(Clone, Debug)]
+pub struct Outbox {
+    db: Db,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    /// The outbox in `db` (whose migrations created the table).
+    pub fn new(db: Db) -> Outbox {
+        Outbox {
+            db,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The database holding the table.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Tells the relay that rows are waiting (it also polls, so this only
+    /// cuts latency).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for [`Outbox::wake`].
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Records events that describe no change of this database (policy
+    /// denies, reads), in one transaction of their own, and wakes the relay.
+    pub async fn record_now(&self, events: &[Event]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.pool().begin().await?;
+        for event in events {
+            record(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Up to `limit` unsent events, oldest first (ids are UUID v7).
+    pub async fn pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(row_event).collect()
+    }
+
+    /// Marks `ids` as delivered.
+    pub async fn mark_sent(&self, ids: &[&str]) -> Result<(), StoreError> {
+        let now = now_rfc3339();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(self.db.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// How many events wait to be delivered.
+    pub async fn depth(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+                .fetch_one(self.db.pool())
+                .await?,
+        )
+    }
+
+    /// Deletes delivered rows sent before `before` (RFC 3339); returns how many.
+    pub async fn purge_sent(&self, before: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+            .bind(before)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+fn row_event(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
+    let details: String = row.try_get("details")?;
+    let status: String = row.try_get("status")?;
+    Ok(Event {
+        id: row.try_get("id")?,
+        time: row.try_get("created_at")?,
+        service: row.try_get("service")?,
+        action: row.try_get("action")?,
+        status: Status::parse(&status).unwrap_or(Status::Success),
+        actor: Actor {
+            user_id: row.try_get("actor_user")?,
+            spiffe_id: row.try_get("actor_spiffe")?,
+        },
+        target: row.try_get("target")?,
+        client_ip: row.try_get("client_ip")?,
+        user_agent: row.try_get("user_agent")?,
+        request_id: row.try_get("request_id")?,
+        details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+    })
+}

@@ -1,0 +1,19 @@
+-- The gateway keeps no state of its own but its outbox: the route denies
+-- it records as POLICY_DENY events, shipped to audit by the relay
+-- (crates/events). Portable SQL: the same file runs on SQLite and PostgreSQL.
+CREATE TABLE outbox (
+    id           TEXT PRIMARY KEY,
+    created_at   TEXT NOT NULL,
+    service      TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    details      TEXT NOT NULL,
+    sent_at      TEXT,
+    status       TEXT NOT NULL DEFAULT 'SUCCESS',
+    actor_user   TEXT,
+    actor_spiffe TEXT,
+    client_ip    TEXT,
+    user_agent   TEXT,
+    request_id   TEXT
+);
+CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;

@@ -1,0 +1,137 @@
+//! The audit area (roles `audit` and `admin`, read-only): events with
+//! filters, policy denies, and a verification of the whole log. The audit
+//! service records every one of these reads in the log itself.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::{Deserialize, Serialize};
+use trustmesh_proto::trustmesh::audit::v1::{
+    ListEventsReply, ListEventsRequest, StoredEvent, VerifyRequest,
+};
+
+use super::Api;
+use super::errors::ApiError;
+use super::session::{Caller, RequestInfo, grpc_request};
+
+/// Filters of `GET /api/v1/audit/events` and `/decisions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventQuery {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    ip: Option<String>,
+    #[serde(default)]
+    since: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    page: Option<String>,
+}
+
+impl EventQuery {
+    fn request(self) -> ListEventsRequest {
+        ListEventsRequest {
+            user_id: self.user.unwrap_or_default(),
+            action: self.action.unwrap_or_default(),
+            status: self.status.unwrap_or_default(),
+            client_ip: self.ip.unwrap_or_default(),
+            since: self.since.unwrap_or_default(),
+            until: self.until.unwrap_or_default(),
+            page_size: self.limit.unwrap_or(0),
+            page_token: self.page.unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct EventView {
+    seq: u64,
+    id: String,
+    time: String,
+    service: String,
+    action: String,
+    status: String,
+    actor_user: Option<String>,
+    actor_spiffe: Option<String>,
+    target: String,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    details: serde_json::Value,
+}
+
+fn view(stored: StoredEvent) -> Option<EventView> {
+    let e = stored.event?;
+    let some = |s: String| Some(s).filter(|s| !s.is_empty());
+    Some(EventView {
+        seq: stored.seq,
+        id: e.id,
+        time: e.time,
+        service: e.service,
+        action: e.action,
+        status: e.status,
+        actor_user: some(e.actor_user),
+        actor_spiffe: some(e.actor_spiffe),
+        target: e.target,
+        client_ip: some(e.client_ip),
+        user_agent: some(e.user_agent),
+        request_id: some(e.request_id),
+        details: serde_json::from_str(&e.details_json).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+fn page(reply: ListEventsReply) -> Response {
+    let events: Vec<EventView> = reply.events.into_iter().filter_map(view).collect();
+    let next = Some(reply.next_page_token).filter(|n| !n.is_empty());
+    Json(serde_json::json!({"events": events, "next": next})).into_response()
+}
+
+pub(crate) async fn list_events(
+    State(api): State<Api>,
+    Extension(info): Extension<RequestInfo>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let request = grpc_request(query.request(), &info, Some(&caller), api.timeout());
+    let reply = api.call(api.audit()?.list_events(request)).await?;
+    Ok(page(reply))
+}
+
+pub(crate) async fn list_decisions(
+    State(api): State<Api>,
+    Extension(info): Extension<RequestInfo>,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<EventQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query?;
+    let request = grpc_request(query.request(), &info, Some(&caller), api.timeout());
+    let reply = api.call(api.audit()?.list_decisions(request)).await?;
+    Ok(page(reply))
+}
+
+pub(crate) async fn verify(
+    State(api): State<Api>,
+    Extension(info): Extension<RequestInfo>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    let request = grpc_request(VerifyRequest {}, &info, Some(&caller), api.timeout());
+    let reply = api.call(api.audit()?.verify(request)).await?;
+    Ok(Json(serde_json::json!({
+        "ok": reply.ok,
+        "size": reply.size,
+        "root": Some(reply.root).filter(|r| !r.is_empty()),
+        "checkpoint": Some(reply.checkpoint).filter(|c| !c.is_empty()),
+        "error": Some(reply.error).filter(|e| !e.is_empty()),
+    }))
+    .into_response())
+}

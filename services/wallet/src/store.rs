@@ -1,0 +1,869 @@
+//! The wallet's tables (accounts, transfers, entries, outbox) and the one
+//! place money moves: [`WalletStore::transfer`] and [`WalletStore::deposit`]
+//! post a transfer, its two entries, both cached balances and its event in
+//! one database transaction.
+//!
+//! # Correctness under concurrency
+//!
+//! Every posting runs the same statements in the same order:
+//!
+//! 1. insert the transfer row (`ON CONFLICT DO NOTHING`): the idempotency
+//!    key is claimed first. On SQLite this first statement is a write, so the
+//!    transaction takes the database's write lock at once (no read snapshot
+//!    to upgrade later, hence no `SQLITE_BUSY` mid-transaction); writers of
+//!    this process also queue on an in-process mutex instead of spinning in
+//!    SQLite's busy handler. On PostgreSQL a concurrent retry with the same
+//!    key waits on the unique index until the first commits or rolls back.
+//! 2. create missing accounts (`ON CONFLICT DO NOTHING`, in key order);
+//! 3. move the money with conditional updates, in `account_id` order so two
+//!    transfers between the same accounts lock them in the same order (no
+//!    deadlock): the debit is `balance = balance - amount WHERE balance >= amount`
+//!    for a user wallet (an overdraw updates nothing and the transaction is
+//!    dropped), and both sides are bounded so no balance leaves the `i64` range;
+//! 4. check 24 h volumes where asked (after the debit locked the payer's
+//!    account, so concurrent postings by the same payer are serialised);
+//! 5. insert both entries and the outbox event, commit.
+//!
+//! Serialization failures and deadlocks (PostgreSQL `40001`/`40P01`) and
+//! busy/locked SQLite errors are retried a bounded number of times.
+
+use std::time::Duration;
+use trustmesh_events::{Event, action};
+
+use futures::TryStreamExt;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+use trustmesh_store::{Backend, Db, StoreError};
+
+use crate::ledger::{
+    AccountKind, HistoryEntry, LedgerError, NewDeposit, NewTransfer, Posted, TransferKind,
+    TransferRecord, VOLUME_WINDOW, timestamp,
+};
+
+/// How many times a posting is attempted when the database reports a
+/// serialization failure, a deadlock or a busy lock.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// The service name in outbox rows.
+const SERVICE: &str = "wallet";
+
+const TRANSFER_COLUMNS: &str = "transfer_id, kind, from_kind, from_owner, to_owner, amount, \
+                                currency, reference, agent, created_at";
+
+/// Queries over a wallet database.
+#[derive(Debug, Clone)]
+pub struct WalletStore {
+    db: Db,
+    /// SQLite only: writers of this process take turns here.
+    write_lock: Option<std::sync::Arc<Mutex<()>>>,
+}
+
+/// Which side of a posting an account is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Debit,
+    Credit,
+}
+
+/// One posting, whatever its kind.
+struct Posting<'a> {
+    transfer_id: String,
+    kind: TransferKind,
+    from_kind: AccountKind,
+    from_owner: &'a str,
+    to_owner: &'a str,
+    amount: i64,
+    currency: &'a str,
+    reference: &'a str,
+    agent: Option<&'a str>,
+}
+
+/// A check run inside the transaction with the payer's volume of the last
+/// 24 h (before this posting): `Err` refuses the posting.
+type VolumeCheck<'a> = &'a (dyn Fn(i64) -> Result<(), LedgerError> + Send + Sync);
+
+impl WalletStore {
+    /// Wraps an open (migrated) database.
+    pub fn new(db: Db) -> Self {
+        let write_lock =
+            (db.backend() == Backend::Sqlite).then(|| std::sync::Arc::new(Mutex::new(())));
+        Self { db, write_lock }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Moves `t.amount` from one user's wallet to another's. A retry with
+    /// the same `transfer_id` and content returns the original record
+    /// (`replayed`); with other content it is [`LedgerError::Conflict`].
+    /// A refused transfer (overdraw, limit) leaves no trace, so its id may be
+    /// used again.
+    pub async fn transfer(&self, t: &NewTransfer) -> Result<Posted, LedgerError> {
+        t.validate()?;
+        let posting = Posting {
+            transfer_id: t.transfer_id.clone(),
+            kind: t.kind,
+            from_kind: AccountKind::User,
+            from_owner: &t.from_user,
+            to_owner: &t.to_user,
+            amount: t.amount,
+            currency: &t.currency,
+            reference: &t.reference,
+            agent: None,
+        };
+        let limit_check = |volume: i64| match t.outgoing_limit_24h {
+            Some(limit) if volume.saturating_add(t.amount) > limit => {
+                Err(LedgerError::LimitExceeded)
+            }
+            _ => Ok(()),
+        };
+        let check: Option<VolumeCheck<'_>> = match t.outgoing_limit_24h {
+            Some(_) => Some(&limit_check),
+            None => None,
+        };
+        let posted = self
+            .with_retries(|| self.post_once(&posting, check, |r| r.matches_transfer(t)))
+            .await?;
+        Ok(posted)
+    }
+
+    /// Moves `d.amount` from the agent's clearing account to the user's
+    /// wallet. Idempotent on (agent, reference). `check` runs inside the
+    /// transaction, after the agent's clearing account is locked, with the
+    /// agent's deposits in this currency over the last 24 h (excluding this
+    /// one): the daily limit. Its `Err` refuses the deposit.
+    pub async fn deposit(
+        &self,
+        d: &NewDeposit,
+        check: impl Fn(i64) -> Result<(), LedgerError> + Send + Sync,
+    ) -> Result<Posted, LedgerError> {
+        d.validate()?;
+        let posting = Posting {
+            transfer_id: uuid::Uuid::now_v7().to_string(),
+            kind: TransferKind::Deposit,
+            from_kind: AccountKind::Agent,
+            from_owner: &d.agent,
+            to_owner: &d.to_user,
+            amount: d.amount,
+            currency: &d.currency,
+            reference: &d.reference,
+            agent: Some(&d.agent),
+        };
+        self.with_retries(|| self.post_once(&posting, Some(&check), |r| r.matches_deposit(d)))
+            .await
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or has been tried
+    /// [`MAX_ATTEMPTS`] times on transient database errors.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, LedgerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, LedgerError>>,
+    {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match attempt().await {
+                Err(e) if tries < MAX_ATTEMPTS && transient(&e) => {
+                    tracing::debug!(error = %e, tries, "retrying a posting");
+                    // Small, growing, jittered pause so that the contenders
+                    // do not collide again in lockstep.
+                    let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 8);
+                    tokio::time::sleep(Duration::from_millis(u64::from(tries) * 2 + jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt at posting `p` in a single transaction.
+    async fn post_once(
+        &self,
+        p: &Posting<'_>,
+        check: Option<VolumeCheck<'_>>,
+        same_request: impl Fn(&TransferRecord) -> bool,
+    ) -> Result<Posted, LedgerError> {
+        let posted = {
+            let _turn = match &self.write_lock {
+                Some(lock) => Some(lock.lock().await),
+                None => None,
+            };
+            let mut tx = self.db.pool().begin().await?;
+            match post_in(&mut tx, p, check).await {
+                Ok(Some(record)) => {
+                    tx.commit().await?;
+                    Some(record)
+                }
+                outcome => {
+                    // Roll back before the next writer's turn, so that it
+                    // does not wait for this transaction's locks.
+                    let rolled_back = tx.rollback().await;
+                    outcome?;
+                    rolled_back?;
+                    None
+                }
+            }
+        };
+        if let Some(record) = posted {
+            return Ok(Posted {
+                record,
+                replayed: false,
+            });
+        }
+        // The key was taken: a replay or a conflict.
+        let existing = match p.agent {
+            Some(agent) => self.deposit_by_reference(agent, p.reference).await?,
+            None => self.transfer_by_id(&p.transfer_id).await?,
+        };
+        match existing {
+            Some(record) if same_request(&record) => Ok(Posted {
+                record,
+                replayed: true,
+            }),
+            Some(_) => Err(LedgerError::Conflict),
+            // Cannot happen (the conflicting row was committed); let the
+            // retry loop try again rather than guess.
+            None => Err(LedgerError::Store(StoreError::Query(
+                sqlx::Error::RowNotFound,
+            ))),
+        }
+    }
+}
+
+/// Posts `p` inside `tx` (see the module documentation for the order of
+/// the statements). `Ok(None)`: its idempotency key is already taken.
+async fn post_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    p: &Posting<'_>,
+    check: Option<VolumeCheck<'_>>,
+) -> Result<Option<TransferRecord>, LedgerError> {
+    let now = OffsetDateTime::now_utc();
+    let created_at = timestamp(now);
+
+    // 1. Claim the idempotency key (and SQLite's write lock).
+    let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO transfers ({TRANSFER_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING"
+    )))
+    .bind(&p.transfer_id)
+    .bind(p.kind.as_str())
+    .bind(p.from_kind.as_str())
+    .bind(p.from_owner)
+    .bind(p.to_owner)
+    .bind(p.amount)
+    .bind(p.currency)
+    .bind(p.reference)
+    .bind(p.agent)
+    .bind(&created_at)
+    .execute(&mut **tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Ok(None);
+    }
+
+    // 2. Accounts: the receiver's wallet and an agent's clearing account
+    // are created on first use. A user who never received money has no
+    // wallet, which the debit below treats as an empty one.
+    let from_key = (p.from_kind, p.from_owner);
+    let to_key = (AccountKind::User, p.to_owner);
+    let mut create = vec![to_key];
+    if p.from_kind == AccountKind::Agent {
+        create.push(from_key);
+    }
+    create.sort_unstable();
+    for (kind, owner) in &create {
+        sqlx::query(
+            "INSERT INTO accounts (account_id, kind, owner, currency, balance, created_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(kind.as_str())
+        .bind(*owner)
+        .bind(p.currency)
+        .bind(&created_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let rows = sqlx::query(
+        "SELECT account_id, kind, owner FROM accounts WHERE currency = $1 \
+             AND ((kind = $2 AND owner = $3) OR (kind = $4 AND owner = $5))",
+    )
+    .bind(p.currency)
+    .bind(from_key.0.as_str())
+    .bind(from_key.1)
+    .bind(to_key.0.as_str())
+    .bind(to_key.1)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut from_account = None;
+    let mut to_account = None;
+    for row in &rows {
+        let id: String = row.try_get("account_id")?;
+        let kind: String = row.try_get("kind")?;
+        let owner: String = row.try_get("owner")?;
+        if kind == from_key.0.as_str() && owner == from_key.1 {
+            from_account = Some(id);
+        } else if kind == to_key.0.as_str() && owner == to_key.1 {
+            to_account = Some(id);
+        }
+    }
+    let Some(from_account) = from_account else {
+        // A user without a wallet in this currency holds nothing.
+        return Err(LedgerError::InsufficientFunds);
+    };
+    let to_account = to_account.ok_or(sqlx::Error::RowNotFound)?;
+
+    // 3. Move the money, locking the two accounts in id order.
+    let mut legs = [
+        (Side::Debit, from_account.as_str()),
+        (Side::Credit, to_account.as_str()),
+    ];
+    legs.sort_unstable_by(|a, b| a.1.cmp(b.1));
+    let mut from_after = 0;
+    let mut to_after = 0;
+    for (side, account) in legs {
+        match side {
+            Side::Debit => {
+                // A user wallet never goes below zero; a clearing account
+                // never below i64::MIN.
+                let floor = match p.from_kind {
+                    AccountKind::User => p.amount,
+                    AccountKind::Agent => i64::MIN + p.amount,
+                };
+                let after: Option<i64> = sqlx::query_scalar(
+                    "UPDATE accounts SET balance = balance - $1 \
+                         WHERE account_id = $2 AND balance >= $3 RETURNING balance",
+                )
+                .bind(p.amount)
+                .bind(account)
+                .bind(floor)
+                .fetch_optional(&mut **tx)
+                .await?;
+                from_after = match (after, p.from_kind) {
+                    (Some(after), _) => after,
+                    (None, AccountKind::User) => return Err(LedgerError::InsufficientFunds),
+                    (None, AccountKind::Agent) => return Err(LedgerError::Overflow),
+                };
+            }
+            Side::Credit => {
+                let after: Option<i64> = sqlx::query_scalar(
+                    "UPDATE accounts SET balance = balance + $1 \
+                         WHERE account_id = $2 AND balance <= $3 RETURNING balance",
+                )
+                .bind(p.amount)
+                .bind(account)
+                .bind(i64::MAX - p.amount)
+                .fetch_optional(&mut **tx)
+                .await?;
+                to_after = after.ok_or(LedgerError::Overflow)?;
+            }
+        }
+    }
+
+    // 4. Volume limits, now that the payer's account is locked.
+    if let Some(check) = check {
+        let volume_kind = match p.kind {
+            TransferKind::Deposit => TransferKind::Deposit,
+            _ => TransferKind::Payment,
+        };
+        let volume: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM transfers \
+                 WHERE from_owner = $1 AND currency = $2 AND created_at >= $3 \
+                 AND kind = $4 AND transfer_id <> $5",
+        )
+        .bind(p.from_owner)
+        .bind(p.currency)
+        .bind(timestamp(now - VOLUME_WINDOW))
+        .bind(volume_kind.as_str())
+        .bind(&p.transfer_id)
+        .fetch_one(&mut **tx)
+        .await?;
+        check(volume)?;
+    }
+
+    // 5. The entries (debit first: its v7 id is older) and the event.
+    for (account, owner, amount, after) in [
+        (&from_account, p.from_owner, -p.amount, from_after),
+        (&to_account, p.to_owner, p.amount, to_after),
+    ] {
+        sqlx::query(
+            "INSERT INTO entries (entry_id, transfer_id, account_id, owner, amount, \
+                 balance_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(&p.transfer_id)
+        .bind(account)
+        .bind(owner)
+        .bind(amount)
+        .bind(after)
+        .bind(&created_at)
+        .execute(&mut **tx)
+        .await?;
+    }
+    let record = TransferRecord {
+        transfer_id: p.transfer_id.clone(),
+        kind: p.kind,
+        from_user: (p.from_kind == AccountKind::User).then(|| p.from_owner.to_owned()),
+        to_user: p.to_owner.to_owned(),
+        agent: p.agent.map(str::to_owned),
+        amount: p.amount,
+        currency: p.currency.to_owned(),
+        reference: p.reference.to_owned(),
+        created_at,
+    };
+    let (action, details) = match p.kind {
+        TransferKind::Deposit => (
+            action::DEPOSIT,
+            serde_json::json!({
+                "transfer_id": record.transfer_id,
+                "agent": record.agent,
+                "to_user_id": record.to_user,
+                "amount": record.amount,
+                "currency": record.currency,
+                "reference": record.reference,
+            }),
+        ),
+        _ => (
+            "TRANSFER",
+            serde_json::json!({
+                "transfer_id": record.transfer_id,
+                "kind": record.kind.as_str(),
+                "from_user_id": record.from_user,
+                "to_user_id": record.to_user,
+                "amount": record.amount,
+                "currency": record.currency,
+                "reference": record.reference,
+            }),
+        ),
+    };
+    let mut event = Event::new(SERVICE, action, &record.transfer_id).details(details);
+    if let Some(agent) = &record.agent {
+        event = event.by_workload(agent.clone());
+    }
+    if let Some(payer) = &record.from_user {
+        event = event.by_user(payer.clone());
+    }
+    trustmesh_events::outbox::record(tx, &event).await?;
+    Ok(Some(record))
+}
+
+impl WalletStore {
+    /// The transfer with this id.
+    pub async fn transfer_by_id(
+        &self,
+        transfer_id: &str,
+    ) -> Result<Option<TransferRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1"
+        )))
+        .bind(transfer_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.as_ref().map(transfer_record).transpose()?)
+    }
+
+    /// The deposit `agent` made with `reference`.
+    pub async fn deposit_by_reference(
+        &self,
+        agent: &str,
+        reference: &str,
+    ) -> Result<Option<TransferRecord>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE agent = $1 AND reference = $2"
+        )))
+        .bind(agent)
+        .bind(reference)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.as_ref().map(transfer_record).transpose()?)
+    }
+
+    /// The balances of `user_id`'s wallets, `(currency, minor units)`, by currency.
+    pub async fn balances(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT currency, balance FROM accounts WHERE kind = 'user' AND owner = $1 \
+             ORDER BY currency",
+        )
+        .bind(user_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("currency")?, r.try_get("balance")?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Up to `limit` entries of `owner`'s wallets, newest first, older than
+    /// the entry `before` (an entry id) when given.
+    pub async fn history(
+        &self,
+        owner: &str,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        const SELECT: &str = "SELECT e.entry_id, e.transfer_id, e.amount, e.balance_after, \
+             e.created_at, t.kind, t.currency, t.from_owner, t.to_owner, t.reference \
+             FROM entries e JOIN transfers t ON t.transfer_id = e.transfer_id";
+        let rows = match before {
+            Some(before) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SELECT} WHERE e.owner = $1 AND e.entry_id < $2 \
+                     ORDER BY e.entry_id DESC LIMIT $3"
+                )))
+                .bind(owner)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(self.db.pool())
+                .await?
+            }
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{SELECT} WHERE e.owner = $1 ORDER BY e.entry_id DESC LIMIT $2"
+                )))
+                .bind(owner)
+                .bind(i64::from(limit))
+                .fetch_all(self.db.pool())
+                .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| history_entry(r, owner))
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// The sum of `owner`'s outgoing transfers of `kind` in `currency` over
+    /// the last 24 h (a user's payments, an agent's deposits).
+    pub async fn outgoing_volume(
+        &self,
+        owner: &str,
+        currency: &str,
+        kind: TransferKind,
+    ) -> Result<(i64, String), StoreError> {
+        let since = timestamp(OffsetDateTime::now_utc() - VOLUME_WINDOW);
+        let volume: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM transfers \
+             WHERE from_owner = $1 AND currency = $2 AND created_at >= $3 AND kind = $4",
+        )
+        .bind(owner)
+        .bind(currency)
+        .bind(&since)
+        .bind(kind.as_str())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((volume, since))
+    }
+
+    /// Checks the ledger's invariants; see [`check_invariants`].
+    pub async fn check_invariants(&self) -> Result<InvariantReport, StoreError> {
+        check_invariants(&self.db).await
+    }
+
+    /// Outbox events not yet shipped, oldest first: `(action, target, details)`.
+    pub async fn pending_events(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT action, target, details FROM outbox WHERE sent_at IS NULL ORDER BY id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| -> Result<_, sqlx::Error> {
+                Ok((
+                    r.try_get("action")?,
+                    r.try_get("target")?,
+                    r.try_get("details")?,
+                ))
+            })
+            .collect::<Result<_, _>>()?)
+    }
+}
+
+/// Whether `e` is worth another attempt: a serialization failure or
+/// deadlock (PostgreSQL), a busy or locked database (SQLite), or the
+/// vanished-row race of a replay.
+fn transient(e: &LedgerError) -> bool {
+    let LedgerError::Store(StoreError::Query(e)) = e else {
+        return false;
+    };
+    match e {
+        sqlx::Error::RowNotFound => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            Some("40001" | "40P01" | "5" | "6" | "261" | "262" | "517")
+        ),
+        _ => false,
+    }
+}
+
+fn transfer_record(row: &AnyRow) -> Result<TransferRecord, sqlx::Error> {
+    let kind: String = row.try_get("kind")?;
+    let from_kind: String = row.try_get("from_kind")?;
+    let from_owner: String = row.try_get("from_owner")?;
+    let kind = TransferKind::parse(&kind).ok_or_else(|| corrupt("transfers.kind", &kind))?;
+    let from_user = match AccountKind::parse(&from_kind) {
+        Some(AccountKind::User) => Some(from_owner),
+        Some(AccountKind::Agent) => None,
+        None => return Err(corrupt("transfers.from_kind", &from_kind)),
+    };
+    Ok(TransferRecord {
+        transfer_id: row.try_get("transfer_id")?,
+        kind,
+        from_user,
+        to_user: row.try_get("to_owner")?,
+        agent: row.try_get("agent")?,
+        amount: row.try_get("amount")?,
+        currency: row.try_get("currency")?,
+        reference: row.try_get("reference")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn history_entry(row: &AnyRow, owner: &str) -> Result<HistoryEntry, sqlx::Error> {
+    let kind: String = row.try_get("kind")?;
+    let from_owner: String = row.try_get("from_owner")?;
+    let to_owner: String = row.try_get("to_owner")?;
+    Ok(HistoryEntry {
+        entry_id: row.try_get("entry_id")?,
+        transfer_id: row.try_get("transfer_id")?,
+        kind: TransferKind::parse(&kind).ok_or_else(|| corrupt("transfers.kind", &kind))?,
+        currency: row.try_get("currency")?,
+        amount: row.try_get("amount")?,
+        balance_after: row.try_get("balance_after")?,
+        counterparty: if from_owner == owner {
+            to_owner
+        } else {
+            from_owner
+        },
+        reference: row.try_get("reference")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn corrupt(column: &str, value: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unexpected {column} value {value:?}").into())
+}
+
+/// One broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// The balances of a currency do not sum to zero.
+    NonZeroSum {
+        /// The currency.
+        currency: String,
+        /// The sum of its balances (exact).
+        sum: i128,
+    },
+    /// An account's cached balance differs from the sum of its entries.
+    CachedMismatch {
+        /// The account.
+        account_id: String,
+        /// `user` or `agent`.
+        kind: String,
+        /// Its owner.
+        owner: String,
+        /// Its currency.
+        currency: String,
+        /// The cached balance.
+        cached: i64,
+        /// The sum of its entries.
+        derived: i128,
+    },
+    /// A user wallet is negative.
+    NegativeUser {
+        /// The account.
+        account_id: String,
+        /// The user.
+        owner: String,
+        /// Its currency.
+        currency: String,
+        /// Its balance.
+        balance: i64,
+    },
+    /// A transfer does not have exactly one debit and one credit of its amount.
+    UnbalancedTransfer {
+        /// The transfer.
+        transfer_id: String,
+    },
+    /// An entry whose account does not exist.
+    OrphanEntry {
+        /// The entry.
+        entry_id: String,
+    },
+}
+
+/// The totals of one currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrencyTotals {
+    /// The currency.
+    pub currency: String,
+    /// How many accounts hold it.
+    pub accounts: u64,
+    /// The sum of all their balances (zero when the ledger is sound).
+    pub sum: i128,
+    /// What user wallets hold in total (what agents brought in, net).
+    pub user_total: i128,
+}
+
+/// What [`check_invariants`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InvariantReport {
+    /// Per currency, sorted.
+    pub currencies: Vec<CurrencyTotals>,
+    /// The number of transfers checked.
+    pub transfers: u64,
+    /// The number of entries checked.
+    pub entries: u64,
+    /// Every violation found (at most 100 of each kind); empty when sound.
+    pub violations: Vec<Violation>,
+}
+
+impl InvariantReport {
+    /// Whether every invariant holds.
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl std::fmt::Display for InvariantReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} transfers, {} entries", self.transfers, self.entries)?;
+        for c in &self.currencies {
+            writeln!(
+                f,
+                "{}: {} accounts, sum {}, in user wallets {}",
+                c.currency, c.accounts, c.sum, c.user_total
+            )?;
+        }
+        if self.violations.is_empty() {
+            write!(f, "ok: every invariant holds")
+        } else {
+            for v in &self.violations {
+                writeln!(f, "VIOLATION {v:?}")?;
+            }
+            write!(f, "{} violations", self.violations.len())
+        }
+    }
+}
+
+/// Checks the ledger of `db` (`trustmesh wallet check`): per currency the
+/// balances of all accounts sum to zero; every cached balance equals the
+/// sum of its account's entries; no user wallet is negative; every transfer
+/// has exactly one debit and one credit of its amount; no entry lacks its
+/// account. Read-only; sums are exact (`i128`). On a live database, run it
+/// in a quiet moment or accept that a posting committing between its
+/// queries may show up as a transient mismatch.
+pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
+    let mut report = InvariantReport::default();
+    let pool = db.pool();
+
+    // Accounts with their derived balances, in Rust to stay exact.
+    let accounts = sqlx::query(
+        "SELECT account_id, kind, owner, currency, balance FROM accounts ORDER BY currency",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut derived: std::collections::HashMap<String, i128> = std::collections::HashMap::new();
+    // Streamed: memory grows with the accounts, not with the entries.
+    let mut entries = sqlx::query("SELECT account_id, amount FROM entries").fetch(pool);
+    while let Some(row) = entries.try_next().await? {
+        let account: String = row.try_get("account_id")?;
+        let amount: i64 = row.try_get("amount")?;
+        *derived.entry(account).or_default() += i128::from(amount);
+        report.entries += 1;
+    }
+    drop(entries);
+    let mut totals: std::collections::BTreeMap<String, CurrencyTotals> =
+        std::collections::BTreeMap::new();
+    for row in &accounts {
+        let account_id: String = row.try_get("account_id")?;
+        let kind: String = row.try_get("kind")?;
+        let owner: String = row.try_get("owner")?;
+        let currency: String = row.try_get("currency")?;
+        let balance: i64 = row.try_get("balance")?;
+        let sum = derived.remove(&account_id).unwrap_or_default();
+        if sum != i128::from(balance) {
+            report.violations.push(Violation::CachedMismatch {
+                account_id: account_id.clone(),
+                kind: kind.clone(),
+                owner: owner.clone(),
+                currency: currency.clone(),
+                cached: balance,
+                derived: sum,
+            });
+        }
+        if kind == "user" && balance < 0 {
+            report.violations.push(Violation::NegativeUser {
+                account_id,
+                owner,
+                currency: currency.clone(),
+                balance,
+            });
+        }
+        let t = totals
+            .entry(currency.clone())
+            .or_insert_with(|| CurrencyTotals {
+                currency,
+                accounts: 0,
+                sum: 0,
+                user_total: 0,
+            });
+        t.accounts += 1;
+        t.sum += i128::from(balance);
+        if kind == "user" {
+            t.user_total += i128::from(balance);
+        }
+    }
+    for t in totals.values() {
+        if t.sum != 0 {
+            report.violations.push(Violation::NonZeroSum {
+                currency: t.currency.clone(),
+                sum: t.sum,
+            });
+        }
+    }
+    report.currencies = totals.into_values().collect();
+
+    // Entries of accounts that do not exist (the foreign key should make
+    // this impossible; SQLite enforces it only with foreign_keys on).
+    let orphans: Vec<String> = sqlx::query_scalar(
+        "SELECT e.entry_id FROM entries e LEFT JOIN accounts a ON a.account_id = e.account_id \
+         WHERE a.account_id IS NULL LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    report.violations.extend(
+        orphans
+            .into_iter()
+            .map(|entry_id| Violation::OrphanEntry { entry_id }),
+    );
+
+    // Each transfer: exactly one debit of -amount and one credit of +amount.
+    report.transfers = u64::try_from(
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM transfers")
+            .fetch_one(pool)
+            .await?,
+    )
+    .unwrap_or_default();
+    let unbalanced: Vec<String> = sqlx::query_scalar(
+        "SELECT t.transfer_id FROM transfers t \
+         LEFT JOIN entries d ON d.transfer_id = t.transfer_id AND d.amount = -t.amount \
+         LEFT JOIN entries c ON c.transfer_id = t.transfer_id AND c.amount = t.amount \
+         WHERE d.entry_id IS NULL OR c.entry_id IS NULL \
+         OR (SELECT COUNT(*) FROM entries x WHERE x.transfer_id = t.transfer_id) <> 2 \
+         LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    report.violations.extend(
+        unbalanced
+            .into_iter()
+            .map(|transfer_id| Violation::UnbalancedTransfer { transfer_id }),
+    );
+    Ok(report)
+}
