@@ -41,3 +41,14 @@ if ! rabbit_up; then
     echo "error: RabbitMQ is not reachable on 127.0.0.1:5672" >&2
     exit 1
 fi
+
+# The alert tests run a real SMTP server (aiosmtpd, with STARTTLS) and make
+# its certificates with openssl.
+if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    echo "==> installing aiosmtpd"
+    python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+fi
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "==> installing openssl"
+    apt-get update -qq && apt-get install -y -qq openssl >/dev/null
+fi

@@ -48,7 +48,7 @@ enum Command {
     /// own supervised process, with the gateway at https://127.0.0.1:8443.
     Up(up::UpArgs),
     /// Run one service in the foreground (what `up` launches for each).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Workload identities: registration entries, minted SVIDs, fetching.
     Identity(identity::IdentityArgs),
     /// Rego policies: run the tests.
@@ -105,7 +105,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Identity(args) => identity::run(args).await,
             Command::Policy(args) => policy::run(args),
             Command::User(args) => user::run(args).await,

@@ -2,7 +2,7 @@
 //! identity from the Workload API (`SPIFFE_ENDPOINT_SOCKET`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -57,6 +57,42 @@ pub struct ServeArgs {
     /// Audit: how often a checkpoint of the log is signed (when it grew).
     #[arg(long, env = "TRUSTMESH_AUDIT_CHECKPOINT_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
     audit_checkpoint_every: Duration,
+    /// Audit: consecutive failed logins that raise an alert (3 to 5).
+    #[arg(long, env = "TRUSTMESH_ALERT_FAILURES", default_value_t = 3)]
+    alert_failures: u32,
+    /// Audit: the window those failures must fall in.
+    #[arg(long, env = "TRUSTMESH_ALERT_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    alert_window: Duration,
+    /// Audit: a MaxMind country database (`.mmdb`) for the country-change rule.
+    #[arg(long, env = "TRUSTMESH_GEOIP_DB")]
+    geoip_db: Option<PathBuf>,
+    /// Audit: the language of alert mail (fr, en).
+    #[arg(long, env = "TRUSTMESH_ALERT_LANGUAGE", default_value = "fr")]
+    alert_language: trustmesh_audit::alerts::Language,
+    /// Audit: addresses that get a copy of every alert (comma-separated).
+    #[arg(long, env = "TRUSTMESH_ALERT_COPIES", value_delimiter = ',')]
+    alert_copies: Vec<String>,
+    /// Audit: addresses that get the weekly report (comma-separated).
+    #[arg(long, env = "TRUSTMESH_ALERT_ADMINS", value_delimiter = ',')]
+    alert_admins: Vec<String>,
+    /// Audit: how often the report of suspicious attempts is sent.
+    #[arg(long, env = "TRUSTMESH_ALERT_REPORT_EVERY", default_value = "7days", value_parser = humantime::parse_duration)]
+    alert_report_every: Duration,
+    /// Audit: SMTP server for alert mail, `smtps://user:pass@host:465` or
+    /// `smtp://user:pass@host:587?tls=starttls`; unset writes mail to
+    /// `<data-dir>/outbox-mail/`.
+    #[arg(long, env = "TRUSTMESH_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// Audit: the sender of alert mail.
+    #[arg(
+        long,
+        env = "TRUSTMESH_SMTP_FROM",
+        default_value = "Trustmesh <security@trustmesh.local>"
+    )]
+    smtp_from: String,
+    /// Audit: an extra CA certificate (PEM) to trust for the SMTP server.
+    #[arg(long, env = "TRUSTMESH_SMTP_CA")]
+    smtp_ca: Option<PathBuf>,
     /// Workload API address (`unix:/path`).
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
     spiffe_endpoint_socket: Option<String>,
@@ -150,6 +186,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 amqp_url: std::env::var("AMQP_URL").ok().filter(|u| !u.is_empty()),
                 retention: args.audit_retention,
                 checkpoint_every: args.audit_checkpoint_every,
+                alerts: trustmesh_audit::alerts::AlertConfig {
+                    failures: args.alert_failures,
+                    window: args.alert_window,
+                    geoip: args.geoip_db,
+                    language: args.alert_language,
+                    security_copies: args.alert_copies,
+                    admins: args.alert_admins,
+                    report_every: args.alert_report_every,
+                    mail: trustmesh_audit::alerts::MailConfig {
+                        smtp_url: args.smtp_url.filter(|u| !u.is_empty()),
+                        from: args.smtp_from,
+                        ca_file: args.smtp_ca,
+                        outbox_dir: common.data_dir.join("outbox-mail"),
+                    },
+                },
             };
             let subjects = subjects_via_auth(&source, &common)?;
             let server =

@@ -13,6 +13,7 @@
 //! ([`export`]). People with the `audit` or `admin` role read the log
 //! through the gateway, and every read is itself recorded.
 
+pub mod alerts;
 pub mod export;
 pub mod ingest;
 pub mod keys;
@@ -59,6 +60,9 @@ pub enum AuditError {
         /// Why.
         source: std::io::Error,
     },
+    /// The alerts cannot be configured.
+    #[error(transparent)]
+    Alerts(#[from] alerts::AlertError),
     /// The runtime failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -81,6 +85,8 @@ pub struct AuditConfig {
     pub retention: Duration,
     /// How often a checkpoint is signed (when the log grew).
     pub checkpoint_every: Duration,
+    /// Suspicious-login rules and alert mail.
+    pub alerts: alerts::AlertConfig,
 }
 
 impl AuditConfig {
@@ -162,6 +168,12 @@ pub async fn start(
         ingest::spawn_consumer(url, ingest.clone(), shutdown.clone());
     }
     log::spawn_checkpointer(log.clone(), config.checkpoint_every, shutdown.clone());
+    alerts::spawn(
+        log.clone(),
+        ingest.clone(),
+        config.alerts.clone(),
+        shutdown.clone(),
+    )?;
     spawn_retention(log.clone(), config.retention, shutdown.clone());
     let service = service::AuditService::new(log, ingest.clone());
     let routes = tonic::service::Routes::new(AuditServer::new(service));

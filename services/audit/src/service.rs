@@ -114,6 +114,31 @@ fn filter_of(req: &ListEventsRequest) -> Result<Filter, Status> {
 }
 
 impl AuditService {
+    /// A page of events (of `only_action`, when given), recorded as a read.
+    async fn list_and_record(
+        &self,
+        request: Request<ListEventsRequest>,
+        only_action: Option<&str>,
+    ) -> Result<Response<ListEventsReply>, Status> {
+        let mut filter = filter_of(request.get_ref())?;
+        if let Some(action) = only_action {
+            filter.action = Some(action.to_owned());
+        }
+        let reply = self.list(filter.clone()).await?;
+        let what = if only_action.is_some() {
+            "decisions"
+        } else {
+            "events"
+        };
+        self.audit_read(
+            &request,
+            what,
+            serde_json::json!({"filter": format!("{filter:?}"), "returned": reply.events.len()}),
+        )
+        .await;
+        Ok(Response::new(reply))
+    }
+
     async fn list(&self, filter: Filter) -> Result<ListEventsReply, Status> {
         let (records, next) = query::list(self.log.db(), &filter)
             .await
@@ -160,31 +185,15 @@ impl Audit for AuditService {
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsReply>, Status> {
-        let filter = filter_of(request.get_ref())?;
-        let reply = self.list(filter.clone()).await?;
-        self.audit_read(
-            &request,
-            "events",
-            serde_json::json!({"filter": format!("{filter:?}"), "returned": reply.events.len()}),
-        )
-        .await;
-        Ok(Response::new(reply))
+        self.list_and_record(request, None).await
     }
 
     async fn list_decisions(
         &self,
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsReply>, Status> {
-        let mut filter = filter_of(request.get_ref())?;
-        filter.action = Some(action::POLICY_DENY.to_owned());
-        let reply = self.list(filter.clone()).await?;
-        self.audit_read(
-            &request,
-            "decisions",
-            serde_json::json!({"filter": format!("{filter:?}"), "returned": reply.events.len()}),
-        )
-        .await;
-        Ok(Response::new(reply))
+        self.list_and_record(request, Some(action::POLICY_DENY))
+            .await
     }
 
     async fn verify(

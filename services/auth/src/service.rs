@@ -213,16 +213,16 @@ impl AuthService {
     /// and locks the account when it reaches the limit.
     async fn fail_login(
         &self,
-        user_id: Option<&str>,
+        account: Option<&Account>,
         client_ip: &str,
         user_agent: &str,
         reason: &str,
     ) -> Result<(), Status> {
         self.store
-            .record_failure(user_id, client_ip, user_agent, reason)
+            .record_failure(account, client_ip, user_agent, reason)
             .await
             .map_err(internal)?;
-        let Some(user_id) = user_id else {
+        let Some(user_id) = account.map(|a| a.user_id.as_str()) else {
             return Ok(());
         };
         let now = unix_now();
@@ -268,7 +268,7 @@ impl AuthService {
             .verify_password(password, Some(account.password_hash.clone()))
             .await?;
         if !ok {
-            self.fail_login(Some(&account.user_id), client_ip, "", "wrong_password")
+            self.fail_login(Some(account), client_ip, "", "wrong_password")
                 .await?;
         }
         Ok(ok)
@@ -543,13 +543,12 @@ impl Auth for AuthService {
         let account = match account {
             Some(account) if ok => account,
             other => {
-                let user_id = other.map(|a| a.user_id);
-                let reason = if user_id.is_some() {
+                let reason = if other.is_some() {
                     "wrong_password"
                 } else {
                     "unknown_email"
                 };
-                self.fail_login(user_id.as_deref(), &client_ip, &user_agent, reason)
+                self.fail_login(other.as_ref(), &client_ip, &user_agent, reason)
                     .await?;
                 return Err(invalid_credentials());
             }
@@ -621,7 +620,7 @@ impl Auth for AuthService {
                 let step = match totp::verify(&secret, &req.code, unix_now() as u64, last) {
                     Ok(step) => step,
                     Err(totp::TotpError::Replayed) => {
-                        self.fail_login(Some(&user_id), &client_ip, &user_agent, "code_replayed")
+                        self.fail_login(Some(&account), &client_ip, &user_agent, "code_replayed")
                             .await?;
                         return Err(status(
                             tonic::Code::Unauthenticated,
@@ -630,7 +629,7 @@ impl Auth for AuthService {
                         ));
                     }
                     Err(_) => {
-                        self.fail_login(Some(&user_id), &client_ip, &user_agent, "invalid_code")
+                        self.fail_login(Some(&account), &client_ip, &user_agent, "invalid_code")
                             .await?;
                         return Err(status(
                             tonic::Code::Unauthenticated,
@@ -645,7 +644,7 @@ impl Auth for AuthService {
                     .await
                     .map_err(internal)?
                 {
-                    self.fail_login(Some(&user_id), &client_ip, &user_agent, "code_replayed")
+                    self.fail_login(Some(&account), &client_ip, &user_agent, "code_replayed")
                         .await?;
                     return Err(status(
                         tonic::Code::Unauthenticated,
@@ -663,7 +662,7 @@ impl Auth for AuthService {
                     .await
                     .map_err(internal)?
                 {
-                    self.fail_login(Some(&user_id), &client_ip, &user_agent, "invalid_code")
+                    self.fail_login(Some(&account), &client_ip, &user_agent, "invalid_code")
                         .await?;
                     return Err(status(
                         tonic::Code::Unauthenticated,
@@ -704,7 +703,7 @@ impl Auth for AuthService {
         };
         let refresh = random_token();
         self.store
-            .create_session(&session, &token_hash(&refresh))
+            .create_session(&session, &account.email, &token_hash(&refresh))
             .await
             .map_err(internal)?;
         tracing::info!(%user_id, session_id = %session.session_id, %amr, "login");

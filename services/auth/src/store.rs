@@ -311,11 +311,12 @@ impl AuthStore {
     /// Records a failed login (for the account if known, and the IP).
     pub async fn record_failure(
         &self,
-        user_id: Option<&str>,
+        account: Option<&Account>,
         client_ip: &str,
         user_agent: &str,
         reason: &str,
     ) -> Result<(), StoreError> {
+        let user_id = account.map(|a| a.user_id.as_str());
         let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "INSERT INTO login_failures (id, user_id, client_ip, at) VALUES ($1, $2, $3, $4)",
@@ -330,8 +331,11 @@ impl AuthStore {
             .failed()
             .from_client(Some(client_ip), Some(user_agent))
             .details(serde_json::json!({ "reason": reason }));
-        if let Some(user_id) = user_id {
-            event = event.by_user(user_id);
+        if let Some(account) = account {
+            // The address lets audit warn the account's owner.
+            event = event
+                .by_user(&account.user_id)
+                .details(serde_json::json!({ "reason": reason, "email": account.email }));
         }
         record(&mut tx, &event).await?;
         tx.commit().await?;
@@ -451,6 +455,7 @@ impl AuthStore {
     pub async fn create_session(
         &self,
         row: &SessionRow,
+        email: &str,
         refresh_hash: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.db.pool().begin().await?;
@@ -481,7 +486,11 @@ impl AuthStore {
             &Event::new("auth", action::LOGIN, &row.user_id)
                 .by_user(&row.user_id)
                 .from_client(Some(&row.client_ip), Some(&row.user_agent))
-                .details(serde_json::json!({"session_id": row.session_id, "amr": row.amr})),
+                .details(serde_json::json!({
+                    "session_id": row.session_id,
+                    "amr": row.amr,
+                    "email": email,
+                })),
         )
         .await?;
         tx.commit().await?;

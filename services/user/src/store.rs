@@ -191,6 +191,20 @@ impl UserStore {
                     .fetch_one(&mut *tx)
                     .await?;
             if admins <= 1 {
+                // The refusal is audited too (the no-op updates above
+                // changed nothing, so committing only adds the event).
+                let details = serde_json::json!({
+                    "from": from, "to": role, "changed_by": changed_by, "reason": "last_admin",
+                });
+                record(
+                    &mut tx,
+                    &Event::new("user", "ROLE_CHANGED", user_id)
+                        .failed()
+                        .by_user(changed_by)
+                        .details(details),
+                )
+                .await?;
+                tx.commit().await?;
                 return Ok(Err(RoleChangeError::LastAdmin));
             }
         }
@@ -286,22 +300,5 @@ impl UserStore {
             .execute(self.db.pool())
             .await?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// Events not yet shipped to audit, oldest first.
-    pub async fn pending_events(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT action, target, details FROM outbox ORDER BY id")
-            .fetch_all(self.db.pool())
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| -> Result<_, sqlx::Error> {
-                Ok((
-                    r.try_get("action")?,
-                    r.try_get("target")?,
-                    r.try_get("details")?,
-                ))
-            })
-            .collect::<Result<_, _>>()?)
     }
 }

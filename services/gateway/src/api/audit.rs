@@ -101,10 +101,7 @@ pub(crate) async fn list_events(
     Extension(caller): Extension<Caller>,
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query?;
-    let request = grpc_request(query.request(), &info, Some(&caller), api.timeout());
-    let reply = api.call(api.audit()?.list_events(request)).await?;
-    Ok(page(reply))
+    list(&api, &info, &caller, query, false).await
 }
 
 pub(crate) async fn list_decisions(
@@ -113,9 +110,25 @@ pub(crate) async fn list_decisions(
     Extension(caller): Extension<Caller>,
     query: Result<Query<EventQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    list(&api, &info, &caller, query, true).await
+}
+
+/// One page of events (or of policy denies only, with `decisions`).
+async fn list(
+    api: &Api,
+    info: &RequestInfo,
+    caller: &Caller,
+    query: Result<Query<EventQuery>, QueryRejection>,
+    decisions: bool,
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let request = grpc_request(query.request(), &info, Some(&caller), api.timeout());
-    let reply = api.call(api.audit()?.list_decisions(request)).await?;
+    let request = grpc_request(query.request(), info, Some(caller), api.timeout());
+    let mut audit = api.audit()?;
+    let reply = if decisions {
+        api.call(audit.list_decisions(request)).await?
+    } else {
+        api.call(audit.list_events(request)).await?
+    };
     Ok(page(reply))
 }
 
