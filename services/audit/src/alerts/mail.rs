@@ -1,8 +1,8 @@
 //! Alert mail: a durable queue (the `mail_queue` table, written in the same
 //! transaction as the detection that wants the mail) and a sender that
 //! delivers it over SMTP with TLS ([`super::smtp`]), retrying with a capped
-//! exponential backoff — a mail is never dropped. Without an SMTP URL, mail is written as `.eml`
-//! files to `<data-dir>/outbox-mail/` instead.
+//! exponential backoff — a mail is never dropped. Without an SMTP URL, mail
+//! is written as `.eml` files to `<data-dir>/outbox-mail/` instead.
 
 use std::path::PathBuf;
 use std::time::Duration;
