@@ -65,6 +65,43 @@ decision := rest_signed_in(["audit", "admin"]) if {
 	input.rpc in rest_audit_routes
 }
 
+# Wallets: any signed-in user; the wallet service checks that the caller
+# owns the wallet (or is finance or audit, who may pass `?user=`).
+rest_wallet_routes := {
+	"GET /api/v1/wallet",
+	"GET /api/v1/wallet/transactions",
+}
+
+decision := rest_signed_in([]) if {
+	rest_call
+	input.rpc in rest_wallet_routes
+}
+
+# Paying: every role that acts (not the read-only `audit`); the payment
+# service applies the limits.
+decision := rest_signed_in(["user", "manager", "admin", "finance"]) if {
+	rest_call
+	input.rpc == "POST /api/v1/payments"
+}
+
+# One payment: any signed-in user; the payment service lets only its payer,
+# its receiver, finance and audit read it.
+decision := rest_signed_in([]) if {
+	rest_call
+	input.rpc == "GET /api/v1/payments/{id}"
+}
+
+# Finance: every payment, and rollbacks.
+rest_finance_routes := {
+	"GET /api/v1/finance/transactions",
+	"POST /api/v1/finance/transactions/{id}/rollback",
+}
+
+decision := rest_signed_in(["finance"]) if {
+	rest_call
+	input.rpc in rest_finance_routes
+}
+
 # Team membership: admins, and managers (the user service checks that a
 # manager manages that team).
 rest_team_routes := {"POST /api/v1/teams/{id}/members"}

@@ -138,7 +138,7 @@ test_rest_team_members_denied_for_user if {
 }
 
 test_rest_unknown_route_denied if {
-	d := gateway.decision with input as rest("GET /api/v1/wallet", subject("admin", true))
+	d := gateway.decision with input as rest("GET /api/v1/chat/keys/{user_id}", subject("admin", true))
 	d == {"allow": false, "reason": "unknown_method"}
 }
 
@@ -184,5 +184,46 @@ test_rest_audit_routes_denied_without_subject if {
 	every route in audit_routes {
 		d := gateway.decision with input as rest(route, null)
 		d == {"allow": false, "reason": "subject_required"}
+	}
+}
+
+# --- Wallet, payments, finance ------------------------------------------------
+
+test_rest_wallet_routes_for_every_signed_in_role if {
+	every route in ["GET /api/v1/wallet", "GET /api/v1/wallet/transactions", "GET /api/v1/payments/{id}"] {
+		every role in ["user", "manager", "admin", "finance", "audit"] {
+			gateway.decision == allowed with input as rest(route, subject(role, true))
+		}
+	}
+}
+
+test_rest_wallet_routes_need_a_session_and_mfa if {
+	every route in [
+		"GET /api/v1/wallet", "GET /api/v1/wallet/transactions", "GET /api/v1/payments/{id}",
+		"POST /api/v1/payments", "GET /api/v1/finance/transactions",
+		"POST /api/v1/finance/transactions/{id}/rollback",
+	] {
+		d := gateway.decision with input as rest(route, null)
+		d == {"allow": false, "reason": "subject_required"}
+		d2 := gateway.decision with input as rest(route, subject("finance", false))
+		d2 == {"allow": false, "reason": "mfa_required"}
+	}
+}
+
+test_rest_paying_roles if {
+	every role in ["user", "manager", "admin", "finance"] {
+		gateway.decision == allowed with input as rest("POST /api/v1/payments", subject(role, true))
+	}
+	d := gateway.decision with input as rest("POST /api/v1/payments", subject("audit", true))
+	d == {"allow": false, "reason": "role_required"}
+}
+
+test_rest_finance_routes_for_finance_only if {
+	every route in ["GET /api/v1/finance/transactions", "POST /api/v1/finance/transactions/{id}/rollback"] {
+		gateway.decision == allowed with input as rest(route, subject("finance", true))
+		every role in ["user", "manager", "admin", "audit"] {
+			d := gateway.decision with input as rest(route, subject(role, true))
+			d == {"allow": false, "reason": "role_required"}
+		}
 	}
 }

@@ -4,6 +4,7 @@
 //! service (what `up` launches, and what a container runs); `identity` manages
 //! registration entries and mints SVIDs; `policy test` runs the Rego tests.
 
+mod agent;
 mod audit;
 mod identity;
 mod policy;
@@ -59,6 +60,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// The wallet ledger: check its invariants.
     Wallet(wallet::WalletArgs),
+    /// Payment agents: deposit into a user's wallet over mTLS.
+    Agent(agent::AgentArgs),
 }
 
 /// Help and version go out as clap prints them; a usage or configuration
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::User(args) => user::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Wallet(args) => wallet::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
         }
     });
     match result {

@@ -17,7 +17,7 @@ use trustmesh_runtime::{Directory, JwtSubjects, MeshClient, RunReport, RunningSe
 use crate::Common;
 
 /// The services this binary can run, in the order `up` starts them.
-pub const SERVICES: &[&str] = &["audit", "auth", "user", "wallet", "gateway"];
+pub const SERVICES: &[&str] = &["audit", "auth", "user", "wallet", "payment", "gateway"];
 
 /// Options of `trustmesh serve`.
 #[derive(Debug, clap::Args)]
@@ -175,6 +175,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let subjects = subjects_via_auth(&source, &common)?;
             let server =
                 trustmesh_wallet::start(config, source, policy, subjects, shutdown.clone()).await?;
+            serve_until_stopped(&args.service, spiffe_id, server, &common).await?
+        }
+        "payment" => {
+            let config = trustmesh_payment::PaymentConfig {
+                data_dir: common.data_dir.clone(),
+                trust_domain: common.trust_domain.clone(),
+                grpc_addr: args.grpc_addr,
+                admin_addr: args.admin_addr,
+            };
+            let subjects = subjects_via_auth(&source, &common)?;
+            let server =
+                trustmesh_payment::start(config, source, policy, subjects, shutdown.clone())
+                    .await?;
             serve_until_stopped(&args.service, spiffe_id, server, &common).await?
         }
         "audit" => {

@@ -82,6 +82,8 @@ struct Inner {
     workloads: HashMap<String, String>,
     services: HashMap<String, ServicePlan>,
     keys: Keys,
+    /// The merged data document (`data`, without the packages).
+    data: Value,
 }
 
 /// A service's prepared decision.
@@ -283,6 +285,21 @@ impl PolicyEngine {
         self.inner.workloads.get(path).cloned()
     }
 
+    /// The policy data at `path` (`["limits", "payment"]`) as JSON, `None`
+    /// when absent: for a service that must pass a limit of the data on to
+    /// another service (the payment service gives the wallet its daily
+    /// limit, enforced atomically there).
+    pub fn data_at(&self, path: &[&str]) -> Option<serde_json::Value> {
+        let mut value = &self.inner.data;
+        for key in path {
+            value = &value[*key];
+        }
+        if *value == Value::Undefined {
+            return None;
+        }
+        serde_json::to_value(value).ok()
+    }
+
     /// Evaluates `data.trustmesh.<input.service>.decision`. A service without
     /// a package, or whose decision is undefined, is denied with `no_policy`.
     pub fn authorize(&self, input: &PolicyInput) -> Result<Decision, PolicyError> {
@@ -367,6 +384,7 @@ impl PolicyEngine {
                 workloads,
                 services,
                 keys: Keys::new(),
+                data,
             }),
         })
     }

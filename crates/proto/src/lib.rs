@@ -31,6 +31,13 @@ pub mod trustmesh {
             include!(concat!(env!("OUT_DIR"), "/trustmesh.auth.v1.rs"));
         }
     }
+    /// The payment service (`trustmesh.payment.v1`).
+    pub mod payment {
+        /// Version 1 of the payment API.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/trustmesh.payment.v1.rs"));
+        }
+    }
     /// The user service (`trustmesh.user.v1`).
     pub mod user {
         /// Version 1 of the user API.

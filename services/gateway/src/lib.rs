@@ -118,6 +118,8 @@ pub async fn start(
     let auth = mesh.service_channel(&directory, "auth")?;
     let user = mesh.service_channel(&directory, "user")?;
     let audit = mesh.service_channel(&directory, "audit")?;
+    let wallet = mesh.service_channel(&directory, "wallet")?;
+    let payment = mesh.service_channel(&directory, "payment")?;
     let verifier = trustmesh_runtime::auth_verifier(auth.clone());
 
     // Route denies are audit events: the gateway's outbox and its relay.
@@ -128,6 +130,8 @@ pub async fn start(
     let deny_hook = events.deny_hook("gateway");
     let rest = Api::new(auth, user, verifier, policy.clone(), proxies)
         .with_audit(audit)
+        .with_wallet(wallet)
+        .with_payment(payment)
         .with_deny_hook(deny_hook.clone());
 
     let server = GrpcServer::new("gateway", &config.trust_domain, source, policy)

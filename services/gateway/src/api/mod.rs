@@ -29,6 +29,12 @@
 //! | `GET /api/v1/audit/events?user&action&status&ip&since&until&limit&page` | `Audit/ListEvents` (audit, admin) |
 //! | `GET /api/v1/audit/decisions?…` | `Audit/ListDecisions` (audit, admin) |
 //! | `GET /api/v1/audit/verify` | `Audit/Verify` (audit, admin) |
+//! | `GET /api/v1/wallet?user` | `Wallet/GetBalance` (the owner; finance and audit may name `user`) |
+//! | `GET /api/v1/wallet/transactions?user&limit&page` | `Wallet/ListTransactions` (likewise) |
+//! | `POST /api/v1/payments` (header `Idempotency-Key`) | `Payment/CreatePayment` → 201 (200 on a replay) |
+//! | `GET /api/v1/payments/{id}` | `Payment/GetPayment` (payer, receiver, finance, audit) |
+//! | `GET /api/v1/finance/transactions?user&since&until&min_amount&max_amount&status&limit&page` | `Payment/ListTransactions` (finance) |
+//! | `POST /api/v1/finance/transactions/{id}/rollback` | `Payment/Rollback` (finance) |
 //!
 //! Every route the policy refuses is a `POLICY_DENY` event (the deny hook
 //! set with [`Api::with_deny_hook`]).
@@ -36,8 +42,10 @@
 mod audit;
 mod auth;
 pub mod errors;
+pub mod payments;
 pub mod session;
 mod users;
+mod wallet;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +57,9 @@ use axum::routing::{delete, get, post};
 use trustmesh_policy::{DenyHook, PolicyEngine};
 use trustmesh_proto::trustmesh::audit::v1::audit_client::AuditClient;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
+use trustmesh_proto::trustmesh::payment::v1::payment_client::PaymentClient;
 use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
+use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_runtime::MeshChannel;
 use trustmesh_tokens::Verifier;
 
@@ -77,6 +87,8 @@ struct Inner {
     auth: AuthClient<MeshChannel>,
     user: UserClient<MeshChannel>,
     audit: Option<AuditClient<MeshChannel>>,
+    wallet: Option<WalletClient<MeshChannel>>,
+    payment: Option<PaymentClient<MeshChannel>>,
     deny_hook: Option<DenyHook>,
     verifier: Verifier,
     policy: PolicyEngine,
@@ -112,6 +124,8 @@ impl Api {
                 auth: AuthClient::new(auth),
                 user: UserClient::new(user),
                 audit: None,
+                wallet: None,
+                payment: None,
                 deny_hook: None,
                 verifier,
                 policy,
@@ -134,6 +148,19 @@ impl Api {
         self
     }
 
+    /// The same API with the wallet routes served through `wallet`.
+    pub fn with_wallet(mut self, wallet: MeshChannel) -> Self {
+        Arc::make_mut(&mut self.inner).wallet = Some(WalletClient::new(wallet));
+        self
+    }
+
+    /// The same API with the payment and finance routes served through
+    /// `payment`.
+    pub fn with_payment(mut self, payment: MeshChannel) -> Self {
+        Arc::make_mut(&mut self.inner).payment = Some(PaymentClient::new(payment));
+        self
+    }
+
     /// The same API running `hook` on every route the policy denies.
     pub fn with_deny_hook(mut self, hook: DenyHook) -> Self {
         Arc::make_mut(&mut self.inner).deny_hook = Some(hook);
@@ -150,6 +177,22 @@ impl Api {
             .audit
             .clone()
             .ok_or_else(|| ApiError::unavailable("the audit service is not configured"))
+    }
+
+    /// The wallet service, or 503 when this gateway has none.
+    pub(crate) fn wallet(&self) -> Result<WalletClient<MeshChannel>, ApiError> {
+        self.inner
+            .wallet
+            .clone()
+            .ok_or_else(|| ApiError::unavailable("the wallet service is not configured"))
+    }
+
+    /// The payment service, or 503 when this gateway has none.
+    pub(crate) fn payment(&self) -> Result<PaymentClient<MeshChannel>, ApiError> {
+        self.inner
+            .payment
+            .clone()
+            .ok_or_else(|| ApiError::unavailable("the payment service is not configured"))
     }
 
     pub(crate) fn auth(&self) -> AuthClient<MeshChannel> {
@@ -226,6 +269,15 @@ pub fn routes(api: Api) -> Router {
         .route("/api/v1/audit/events", get(audit::list_events))
         .route("/api/v1/audit/decisions", get(audit::list_decisions))
         .route("/api/v1/audit/verify", get(audit::verify))
+        .route("/api/v1/wallet", get(wallet::balance))
+        .route("/api/v1/wallet/transactions", get(wallet::transactions))
+        .route("/api/v1/payments", post(payments::create))
+        .route("/api/v1/payments/{id}", get(payments::get))
+        .route("/api/v1/finance/transactions", get(payments::list))
+        .route(
+            "/api/v1/finance/transactions/{id}/rollback",
+            post(payments::rollback),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             session::guard,
