@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use spiffe::X509Source;
 use trustmesh_events::Pipeline;
-use trustmesh_policy::{DenyHook, PolicyEngine, SubjectResolver};
+use trustmesh_policy::{PolicyEngine, SubjectResolver};
 use trustmesh_proto::trustmesh::payment::v1::payment_server::PaymentServer;
 use trustmesh_runtime::{
     Directory, GrpcServer, MeshChannel, MeshClient, RunningServer, RuntimeError, Shutdown,
@@ -33,6 +33,8 @@ use trustmesh_telemetry::MetricsRegistry;
 
 pub use service::PaymentService;
 pub use store::{NewPayment, Payment, PaymentFilter, PaymentStatus, PaymentStore, Rollback};
+
+pub use trustmesh_runtime::Hooks;
 
 /// The service's schema: the same portable SQL on SQLite and PostgreSQL.
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -62,23 +64,6 @@ pub struct PaymentConfig {
     pub grpc_addr: SocketAddr,
     /// Admin listen address.
     pub admin_addr: SocketAddr,
-}
-
-/// What the process around the service plugs into it.
-#[derive(Default)]
-pub struct Hooks {
-    /// Run on every policy deny (the events pipeline records them).
-    pub deny_hook: Option<DenyHook>,
-    /// The process's metrics registry (served on `/metrics`).
-    pub metrics: MetricsRegistry,
-}
-
-impl std::fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks")
-            .field("deny_hook", &self.deny_hook.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Opens the service's database (`PAYMENT_DATABASE_URL`, else

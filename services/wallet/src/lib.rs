@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use spiffe::X509Source;
 use trustmesh_events::Pipeline;
-use trustmesh_policy::{DenyHook, PolicyEngine, SubjectResolver};
+use trustmesh_policy::{PolicyEngine, SubjectResolver};
 use trustmesh_proto::trustmesh::wallet::v1::wallet_server::WalletServer;
 use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RunningServer, RuntimeError, Shutdown};
 use trustmesh_store::{Db, StoreConfig, StoreError};
@@ -31,6 +31,8 @@ use trustmesh_telemetry::MetricsRegistry;
 pub use ledger::{LedgerError, NewDeposit, NewTransfer, Posted, TransferKind, TransferRecord};
 pub use service::WalletService;
 pub use store::{InvariantReport, Violation, WalletStore, check_invariants};
+
+pub use trustmesh_runtime::Hooks;
 
 /// The service's schema: the same portable SQL on SQLite and PostgreSQL.
 pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -60,23 +62,6 @@ pub struct WalletConfig {
     pub grpc_addr: SocketAddr,
     /// Admin listen address.
     pub admin_addr: SocketAddr,
-}
-
-/// What the process around the service plugs into it.
-#[derive(Default)]
-pub struct Hooks {
-    /// Run on every policy deny (the events pipeline records them).
-    pub deny_hook: Option<DenyHook>,
-    /// The process's metrics registry (served on `/metrics`).
-    pub metrics: MetricsRegistry,
-}
-
-impl std::fmt::Debug for Hooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hooks")
-            .field("deny_hook", &self.deny_hook.is_some())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Opens the service's database (`WALLET_DATABASE_URL`, else
