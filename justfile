@@ -18,6 +18,8 @@ bench:
     cargo bench -p trustmesh-policy --bench decision
     cargo bench -p trustmesh-tests --bench grpc_loopback
     cargo bench -p trustmesh-tests --bench login
+    cargo bench -p trustmesh-tests --bench audit_ingest
+    cargo bench -p trustmesh-tests --bench money
     cargo run --release -p trustmesh-auth --example hash_rate
 
 # Run the Rego tests.

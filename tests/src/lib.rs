@@ -24,6 +24,7 @@ use trustmesh_policy::PolicyEngine;
 use trustmesh_runtime::{GrpcServer, Shutdown, SvidFiles};
 
 pub mod rest;
+pub mod stats;
 
 /// Generated code of the test-only `trustmesh.testing.v1` package.
 pub mod echo {
@@ -604,44 +605,88 @@ async fn http1_request<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    use http_body_util::BodyExt;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+    Http1Connection::over(io, host)
+        .await?
+        .request(method, path, headers, body)
+        .await
+}
+
+/// A kept-alive HTTP/1.1 connection: requests one after the other over the
+/// same (TLS) connection, as a browser or an API client would send them.
+pub struct Http1Connection {
+    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    host: String,
+}
+
+impl Http1Connection {
+    /// An HTTPS connection to the gateway at `addr`, trusting only the CA in
+    /// `ca_pem`.
+    pub async fn gateway(addr: SocketAddr, ca_pem: &Path) -> std::io::Result<Self> {
+        let tls = gateway_tls(addr, ca_pem).await?;
+        Self::over(tls, "localhost").await
+    }
+
+    /// HTTP/1.1 over an established connection to `host`.
+    async fn over<IO>(io: IO, host: &str) -> std::io::Result<Self>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Self {
+            sender,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Sends `method path` with `headers` and an optional JSON `body`, and
+    /// reads the whole response.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> std::io::Result<HttpsResponse> {
+        use http_body_util::BodyExt;
+        let mut builder = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.host);
+        if body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.unwrap_or_default().to_owned(),
+            )))
+            .map_err(std::io::Error::other)?;
+        self.sender.ready().await.map_err(std::io::Error::other)?;
+        let response = self
+            .sender
+            .send_request(request)
             .await
             .map_err(std::io::Error::other)?;
-    tokio::spawn(conn);
-    let mut builder = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, host);
-    if body.is_some() {
-        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(HttpsResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    let request = builder
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.unwrap_or_default().to_owned(),
-        )))
-        .map_err(std::io::Error::other)?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(std::io::Error::other)?;
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    Ok(HttpsResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
 }
 
 /// The `/metrics` text of the admin endpoint at `addr` once it contains every

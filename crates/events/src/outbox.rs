@@ -33,6 +33,13 @@ pub async fn record(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     event: &Event,
 ) -> Result<(), sqlx::Error> {
+    record_on(tx, event).await
+}
+
+/// Appends `event` to the outbox on `conn`, which is inside a transaction
+/// (a [`trustmesh_store::group_commit::Writer`] unit of work, say): it is
+/// shipped if and only if that transaction commits.
+pub async fn record_on(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO outbox ({OUTBOX_COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
@@ -50,7 +57,7 @@ pub async fn record(
         .bind(event.user_agent.as_deref())
         .bind(event.request_id.as_deref())
         .bind(event.details.to_string())
-        .execute(&mut **tx)
+        .execute(conn)
         .await?;
     Ok(())
 }

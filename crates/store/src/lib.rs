@@ -26,6 +26,8 @@ use sqlx::{AnyPool, Executor};
 
 pub use sqlx;
 
+pub mod group_commit;
+
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -67,6 +69,10 @@ pub enum StoreError {
     /// A query failed.
     #[error(transparent)]
     Query(#[from] sqlx::Error),
+    /// A batch of [`group_commit`] failed as a whole and was rolled back;
+    /// retrying is safe.
+    #[error("group commit failed: {0}")]
+    GroupCommit(String),
 }
 
 /// Which database engine a pool talks to.
@@ -241,6 +247,11 @@ impl Db {
     /// The engine behind the pool.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The service whose database this is (its PostgreSQL schema).
+    pub fn service(&self) -> &str {
+        &self.service
     }
 
     /// Closes every pooled connection.

@@ -15,6 +15,7 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use trustmesh_events::Event;
+use trustmesh_store::group_commit::Writer;
 use trustmesh_store::{Db, StoreError};
 
 /// The rolling window of the payer's volume.
@@ -200,12 +201,15 @@ pub fn parse_page_token(token: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct PaymentStore {
     db: Db,
+    /// Runs the writes of the payment path (group commit on SQLite).
+    writer: Writer,
 }
 
 impl PaymentStore {
     /// Wraps an open (migrated) database.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let writer = Writer::new(&db);
+        Self { db, writer }
     }
 
     /// The database.
@@ -259,20 +263,30 @@ impl PaymentStore {
     pub async fn insert_pending(&self, new: &NewPayment) -> Result<Option<Payment>, StoreError> {
         let payment_id = uuid::Uuid::now_v7().to_string();
         let now = timestamp(OffsetDateTime::now_utc());
-        let inserted = sqlx::query(
-            "INSERT INTO payments (payment_id, payer_id, receiver_id, amount, currency, \
-             idempotency_key, status, failure_reason, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', NULL, $7, $7) ON CONFLICT DO NOTHING",
-        )
-        .bind(&payment_id)
-        .bind(&new.payer_id)
-        .bind(&new.receiver_id)
-        .bind(new.amount)
-        .bind(&new.currency)
-        .bind(&new.idempotency_key)
-        .bind(&now)
-        .execute(self.db.pool())
-        .await?;
+        let (id, payment, at) = (payment_id.clone(), new.clone(), now.clone());
+        let inserted = self
+            .writer
+            .run(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO payments (payment_id, payer_id, receiver_id, amount, \
+                         currency, idempotency_key, status, failure_reason, created_at, \
+                         updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', NULL, $7, $7) \
+                         ON CONFLICT DO NOTHING",
+                    )
+                    .bind(&id)
+                    .bind(&payment.payer_id)
+                    .bind(&payment.receiver_id)
+                    .bind(payment.amount)
+                    .bind(&payment.currency)
+                    .bind(&payment.idempotency_key)
+                    .bind(&at)
+                    .execute(conn)
+                    .await
+                    .map_err(StoreError::from)
+                })
+            })
+            .await?;
         if inserted.rows_affected() == 0 {
             return Ok(None);
         }
@@ -303,21 +317,31 @@ impl PaymentStore {
         event: &Event,
     ) -> Result<Payment, StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
-        let mut tx = self.db.pool().begin().await?;
-        let updated = sqlx::query(
-            "UPDATE payments SET status = $1, failure_reason = $2, updated_at = $3 \
-             WHERE payment_id = $4 AND status = 'PENDING'",
-        )
-        .bind(status.as_str())
-        .bind(reason)
-        .bind(&now)
-        .bind(payment_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 1 {
-            trustmesh_events::outbox::record(&mut tx, event).await?;
-        }
-        tx.commit().await?;
+        let (id, reason, event) = (
+            payment_id.to_owned(),
+            reason.map(str::to_owned),
+            event.clone(),
+        );
+        self.writer
+            .run(move |conn| {
+                Box::pin(async move {
+                    let updated = sqlx::query(
+                        "UPDATE payments SET status = $1, failure_reason = $2, updated_at = $3 \
+                         WHERE payment_id = $4 AND status = 'PENDING'",
+                    )
+                    .bind(status.as_str())
+                    .bind(reason)
+                    .bind(&now)
+                    .bind(&id)
+                    .execute(&mut *conn)
+                    .await?;
+                    if updated.rows_affected() == 1 {
+                        trustmesh_events::outbox::record_on(conn, &event).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .await?;
         self.get(payment_id)
             .await?
             .ok_or(StoreError::Query(sqlx::Error::RowNotFound))

@@ -351,8 +351,11 @@ impl Wallet for WalletService {
         };
         let Posted { record, replayed } = self
             .store
-            .deposit(&deposit, |volume| {
-                self.authorize_deposit(&deposit, volume, &context)
+            .deposit(&deposit, {
+                // Runs in the store's writer, after this call's own future:
+                // it owns what it needs.
+                let (service, deposit, context) = (self.clone(), deposit.clone(), context.clone());
+                move |volume| service.authorize_deposit(&deposit, volume, &context)
             })
             .await
             .map_err(ledger_status)?;

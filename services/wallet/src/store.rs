@@ -8,12 +8,13 @@
 //! Every posting runs the same statements in the same order:
 //!
 //! 1. insert the transfer row (`ON CONFLICT DO NOTHING`): the idempotency
-//!    key is claimed first. On SQLite this first statement is a write, so the
-//!    transaction takes the database's write lock at once (no read snapshot
-//!    to upgrade later, hence no `SQLITE_BUSY` mid-transaction); writers of
-//!    this process also queue on an in-process mutex instead of spinning in
-//!    SQLite's busy handler. On PostgreSQL a concurrent retry with the same
-//!    key waits on the unique index until the first commits or rolls back.
+//!    key is claimed first. On SQLite every posting of this process goes
+//!    through one [`Writer`]: postings that arrive together share one
+//!    transaction and one `fsync` (group commit), each in a savepoint of its
+//!    own, so a refused posting leaves no trace and the others are kept;
+//!    nobody hears back before the commit. On PostgreSQL each posting is a
+//!    transaction of its own, and a concurrent retry with the same key waits
+//!    on the unique index until the first commits or rolls back.
 //! 2. create missing accounts (`ON CONFLICT DO NOTHING`, in key order);
 //! 3. move the money with conditional updates, in `account_id` order so two
 //!    transfers between the same accounts lock them in the same order (no
@@ -32,11 +33,13 @@ use trustmesh_events::{Event, action};
 
 use futures::TryStreamExt;
 
-use sqlx::Row;
+use std::sync::Arc;
+
 use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
-use trustmesh_store::{Backend, Db, StoreError};
+use trustmesh_store::group_commit::Writer;
+use trustmesh_store::{Db, StoreError};
 
 use crate::ledger::{
     AccountKind, HistoryEntry, LedgerError, NewDeposit, NewTransfer, Posted, TransferKind,
@@ -57,8 +60,8 @@ const TRANSFER_COLUMNS: &str = "transfer_id, kind, from_kind, from_owner, to_own
 #[derive(Debug, Clone)]
 pub struct WalletStore {
     db: Db,
-    /// SQLite only: writers of this process take turns here.
-    write_lock: Option<std::sync::Arc<Mutex<()>>>,
+    /// Runs every posting (group commit on SQLite).
+    writer: Writer,
 }
 
 /// Which side of a posting an account is on.
@@ -69,28 +72,28 @@ enum Side {
 }
 
 /// One posting, whatever its kind.
-struct Posting<'a> {
+#[derive(Clone)]
+struct Posting {
     transfer_id: String,
     kind: TransferKind,
     from_kind: AccountKind,
-    from_owner: &'a str,
-    to_owner: &'a str,
+    from_owner: String,
+    to_owner: String,
     amount: i64,
-    currency: &'a str,
-    reference: &'a str,
-    agent: Option<&'a str>,
+    currency: String,
+    reference: String,
+    agent: Option<String>,
 }
 
 /// A check run inside the transaction with the payer's volume of the last
 /// 24 h (before this posting): `Err` refuses the posting.
-type VolumeCheck<'a> = &'a (dyn Fn(i64) -> Result<(), LedgerError> + Send + Sync);
+type VolumeCheck = Arc<dyn Fn(i64) -> Result<(), LedgerError> + Send + Sync>;
 
 impl WalletStore {
     /// Wraps an open (migrated) database.
     pub fn new(db: Db) -> Self {
-        let write_lock =
-            (db.backend() == Backend::Sqlite).then(|| std::sync::Arc::new(Mutex::new(())));
-        Self { db, write_lock }
+        let writer = Writer::new(&db);
+        Self { db, writer }
     }
 
     /// The database.
@@ -109,25 +112,25 @@ impl WalletStore {
             transfer_id: t.transfer_id.clone(),
             kind: t.kind,
             from_kind: AccountKind::User,
-            from_owner: &t.from_user,
-            to_owner: &t.to_user,
+            from_owner: t.from_user.clone(),
+            to_owner: t.to_user.clone(),
             amount: t.amount,
-            currency: &t.currency,
-            reference: &t.reference,
+            currency: t.currency.clone(),
+            reference: t.reference.clone(),
             agent: None,
         };
-        let limit_check = |volume: i64| match t.outgoing_limit_24h {
-            Some(limit) if volume.saturating_add(t.amount) > limit => {
-                Err(LedgerError::LimitExceeded)
-            }
-            _ => Ok(()),
-        };
-        let check: Option<VolumeCheck<'_>> = match t.outgoing_limit_24h {
-            Some(_) => Some(&limit_check),
-            None => None,
-        };
+        let amount = t.amount;
+        let check: Option<VolumeCheck> = t.outgoing_limit_24h.map(|limit| {
+            Arc::new(move |volume: i64| {
+                if volume.saturating_add(amount) > limit {
+                    Err(LedgerError::LimitExceeded)
+                } else {
+                    Ok(())
+                }
+            }) as VolumeCheck
+        });
         let posted = self
-            .with_retries(|| self.post_once(&posting, check, |r| r.matches_transfer(t)))
+            .with_retries(|| self.post_once(&posting, check.clone(), |r| r.matches_transfer(t)))
             .await?;
         Ok(posted)
     }
@@ -140,22 +143,25 @@ impl WalletStore {
     pub async fn deposit(
         &self,
         d: &NewDeposit,
-        check: impl Fn(i64) -> Result<(), LedgerError> + Send + Sync,
+        check: impl Fn(i64) -> Result<(), LedgerError> + Send + Sync + 'static,
     ) -> Result<Posted, LedgerError> {
         d.validate()?;
         let posting = Posting {
             transfer_id: uuid::Uuid::now_v7().to_string(),
             kind: TransferKind::Deposit,
             from_kind: AccountKind::Agent,
-            from_owner: &d.agent,
-            to_owner: &d.to_user,
+            from_owner: d.agent.clone(),
+            to_owner: d.to_user.clone(),
             amount: d.amount,
-            currency: &d.currency,
-            reference: &d.reference,
-            agent: Some(&d.agent),
+            currency: d.currency.clone(),
+            reference: d.reference.clone(),
+            agent: Some(d.agent.clone()),
         };
-        self.with_retries(|| self.post_once(&posting, Some(&check), |r| r.matches_deposit(d)))
-            .await
+        let check: VolumeCheck = Arc::new(check);
+        self.with_retries(|| {
+            self.post_once(&posting, Some(check.clone()), |r| r.matches_deposit(d))
+        })
+        .await
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or has been tried
@@ -184,31 +190,15 @@ impl WalletStore {
     /// One attempt at posting `p` in a single transaction.
     async fn post_once(
         &self,
-        p: &Posting<'_>,
-        check: Option<VolumeCheck<'_>>,
+        p: &Posting,
+        check: Option<VolumeCheck>,
         same_request: impl Fn(&TransferRecord) -> bool,
     ) -> Result<Posted, LedgerError> {
-        let posted = {
-            let _turn = match &self.write_lock {
-                Some(lock) => Some(lock.lock().await),
-                None => None,
-            };
-            let mut tx = self.db.pool().begin().await?;
-            match post_in(&mut tx, p, check).await {
-                Ok(Some(record)) => {
-                    tx.commit().await?;
-                    Some(record)
-                }
-                outcome => {
-                    // Roll back before the next writer's turn, so that it
-                    // does not wait for this transaction's locks.
-                    let rolled_back = tx.rollback().await;
-                    outcome?;
-                    rolled_back?;
-                    None
-                }
-            }
-        };
+        let posting = p.clone();
+        let posted = self
+            .writer
+            .run(move |conn| Box::pin(async move { post_in(conn, &posting, check).await }))
+            .await?;
         if let Some(record) = posted {
             return Ok(Posted {
                 record,
@@ -216,8 +206,8 @@ impl WalletStore {
             });
         }
         // The key was taken: a replay or a conflict.
-        let existing = match p.agent {
-            Some(agent) => self.deposit_by_reference(agent, p.reference).await?,
+        let existing = match &p.agent {
+            Some(agent) => self.deposit_by_reference(agent, &p.reference).await?,
             None => self.transfer_by_id(&p.transfer_id).await?,
         };
         match existing {
@@ -238,10 +228,13 @@ impl WalletStore {
 /// Posts `p` inside `tx` (see the module documentation for the order of
 /// the statements). `Ok(None)`: its idempotency key is already taken.
 async fn post_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    p: &Posting<'_>,
-    check: Option<VolumeCheck<'_>>,
+    conn: &mut AnyConnection,
+    p: &Posting,
+    check: Option<VolumeCheck>,
 ) -> Result<Option<TransferRecord>, LedgerError> {
+    let (from_owner, to_owner) = (p.from_owner.as_str(), p.to_owner.as_str());
+    let (currency, reference) = (p.currency.as_str(), p.reference.as_str());
+    let agent = p.agent.as_deref();
     let now = OffsetDateTime::now_utc();
     let created_at = timestamp(now);
 
@@ -253,64 +246,50 @@ async fn post_in(
     .bind(&p.transfer_id)
     .bind(p.kind.as_str())
     .bind(p.from_kind.as_str())
-    .bind(p.from_owner)
-    .bind(p.to_owner)
+    .bind(from_owner)
+    .bind(to_owner)
     .bind(p.amount)
-    .bind(p.currency)
-    .bind(p.reference)
-    .bind(p.agent)
+    .bind(currency)
+    .bind(reference)
+    .bind(agent)
     .bind(&created_at)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     if claimed.rows_affected() == 0 {
         return Ok(None);
     }
 
     // 2. Accounts: the receiver's wallet and an agent's clearing account
-    // are created on first use. A user who never received money has no
-    // wallet, which the debit below treats as an empty one.
-    let from_key = (p.from_kind, p.from_owner);
-    let to_key = (AccountKind::User, p.to_owner);
-    let mut create = vec![to_key];
-    if p.from_kind == AccountKind::Agent {
+    // are created on first use (looked up first: they exist but the first
+    // time). A user who never received money has no wallet, which the
+    // debit below treats as an empty one.
+    let from_key = (p.from_kind, from_owner);
+    let to_key = (AccountKind::User, to_owner);
+    let (mut from_account, mut to_account) =
+        find_accounts(conn, currency, from_key, to_key).await?;
+    let mut create = Vec::new();
+    if to_account.is_none() {
+        create.push(to_key);
+    }
+    if from_account.is_none() && p.from_kind == AccountKind::Agent {
         create.push(from_key);
     }
-    create.sort_unstable();
-    for (kind, owner) in &create {
-        sqlx::query(
-            "INSERT INTO accounts (account_id, kind, owner, currency, balance, created_at) \
-                 VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT DO NOTHING",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(kind.as_str())
-        .bind(*owner)
-        .bind(p.currency)
-        .bind(&created_at)
-        .execute(&mut **tx)
-        .await?;
-    }
-    let rows = sqlx::query(
-        "SELECT account_id, kind, owner FROM accounts WHERE currency = $1 \
-             AND ((kind = $2 AND owner = $3) OR (kind = $4 AND owner = $5))",
-    )
-    .bind(p.currency)
-    .bind(from_key.0.as_str())
-    .bind(from_key.1)
-    .bind(to_key.0.as_str())
-    .bind(to_key.1)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut from_account = None;
-    let mut to_account = None;
-    for row in &rows {
-        let id: String = row.try_get("account_id")?;
-        let kind: String = row.try_get("kind")?;
-        let owner: String = row.try_get("owner")?;
-        if kind == from_key.0.as_str() && owner == from_key.1 {
-            from_account = Some(id);
-        } else if kind == to_key.0.as_str() && owner == to_key.1 {
-            to_account = Some(id);
+    if !create.is_empty() {
+        create.sort_unstable();
+        for (kind, owner) in &create {
+            sqlx::query(
+                "INSERT INTO accounts (account_id, kind, owner, currency, balance, created_at) \
+                     VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(kind.as_str())
+            .bind(*owner)
+            .bind(currency)
+            .bind(&created_at)
+            .execute(&mut *conn)
+            .await?;
         }
+        (from_account, to_account) = find_accounts(conn, currency, from_key, to_key).await?;
     }
     let Some(from_account) = from_account else {
         // A user without a wallet in this currency holds nothing.
@@ -342,7 +321,7 @@ async fn post_in(
                 .bind(p.amount)
                 .bind(account)
                 .bind(floor)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *conn)
                 .await?;
                 from_after = match (after, p.from_kind) {
                     (Some(after), _) => after,
@@ -358,7 +337,7 @@ async fn post_in(
                 .bind(p.amount)
                 .bind(account)
                 .bind(i64::MAX - p.amount)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(&mut *conn)
                 .await?;
                 to_after = after.ok_or(LedgerError::Overflow)?;
             }
@@ -376,44 +355,45 @@ async fn post_in(
                  WHERE from_owner = $1 AND currency = $2 AND created_at >= $3 \
                  AND kind = $4 AND transfer_id <> $5",
         )
-        .bind(p.from_owner)
-        .bind(p.currency)
+        .bind(from_owner)
+        .bind(currency)
         .bind(timestamp(now - VOLUME_WINDOW))
         .bind(volume_kind.as_str())
         .bind(&p.transfer_id)
-        .fetch_one(&mut **tx)
+        .fetch_one(&mut *conn)
         .await?;
         check(volume)?;
     }
 
     // 5. The entries (debit first: its v7 id is older) and the event.
-    for (account, owner, amount, after) in [
-        (&from_account, p.from_owner, -p.amount, from_after),
-        (&to_account, p.to_owner, p.amount, to_after),
-    ] {
-        sqlx::query(
-            "INSERT INTO entries (entry_id, transfer_id, account_id, owner, amount, \
-                 balance_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(&p.transfer_id)
-        .bind(account)
-        .bind(owner)
-        .bind(amount)
-        .bind(after)
-        .bind(&created_at)
-        .execute(&mut **tx)
-        .await?;
-    }
+    sqlx::query(
+        "INSERT INTO entries (entry_id, transfer_id, account_id, owner, amount, \
+             balance_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7), \
+             ($8, $2, $9, $10, $11, $12, $7)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&p.transfer_id)
+    .bind(&from_account)
+    .bind(from_owner)
+    .bind(-p.amount)
+    .bind(from_after)
+    .bind(&created_at)
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&to_account)
+    .bind(to_owner)
+    .bind(p.amount)
+    .bind(to_after)
+    .execute(&mut *conn)
+    .await?;
     let record = TransferRecord {
         transfer_id: p.transfer_id.clone(),
         kind: p.kind,
-        from_user: (p.from_kind == AccountKind::User).then(|| p.from_owner.to_owned()),
-        to_user: p.to_owner.to_owned(),
-        agent: p.agent.map(str::to_owned),
+        from_user: (p.from_kind == AccountKind::User).then(|| from_owner.to_owned()),
+        to_user: to_owner.to_owned(),
+        agent: agent.map(str::to_owned),
         amount: p.amount,
-        currency: p.currency.to_owned(),
-        reference: p.reference.to_owned(),
+        currency: currency.to_owned(),
+        reference: reference.to_owned(),
         created_at,
     };
     let (action, details) = match p.kind {
@@ -448,8 +428,40 @@ async fn post_in(
     if let Some(payer) = &record.from_user {
         event = event.by_user(payer.clone());
     }
-    trustmesh_events::outbox::record(tx, &event).await?;
+    trustmesh_events::outbox::record_on(conn, &event).await?;
     Ok(Some(record))
+}
+
+/// The ids of the `from` and `to` accounts in `currency`, where they exist.
+async fn find_accounts(
+    conn: &mut AnyConnection,
+    currency: &str,
+    from: (AccountKind, &str),
+    to: (AccountKind, &str),
+) -> Result<(Option<String>, Option<String>), sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT account_id, kind, owner FROM accounts WHERE currency = $1 \
+             AND ((kind = $2 AND owner = $3) OR (kind = $4 AND owner = $5))",
+    )
+    .bind(currency)
+    .bind(from.0.as_str())
+    .bind(from.1)
+    .bind(to.0.as_str())
+    .bind(to.1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut from_account, mut to_account) = (None, None);
+    for row in &rows {
+        let id: String = row.try_get("account_id")?;
+        let kind: String = row.try_get("kind")?;
+        let owner: String = row.try_get("owner")?;
+        if kind == from.0.as_str() && owner == from.1 {
+            from_account = Some(id);
+        } else if kind == to.0.as_str() && owner == to.1 {
+            to_account = Some(id);
+        }
+    }
+    Ok((from_account, to_account))
 }
 
 impl WalletStore {
@@ -588,8 +600,11 @@ impl WalletStore {
 /// deadlock (PostgreSQL), a busy or locked database (SQLite), or the
 /// vanished-row race of a replay.
 fn transient(e: &LedgerError) -> bool {
-    let LedgerError::Store(StoreError::Query(e)) = e else {
-        return false;
+    let e = match e {
+        LedgerError::Store(StoreError::Query(e)) => e,
+        // The whole batch was rolled back: nothing of it was posted.
+        LedgerError::Store(StoreError::GroupCommit(_)) => return true,
+        _ => return false,
     };
     match e {
         sqlx::Error::RowNotFound => true,

@@ -1,0 +1,193 @@
+//! The group-commit writer on both real back-ends: concurrent units of work
+//! are each kept or rolled back on their own, and a caller hears back only
+//! once its writes are committed (visible to another connection).
+
+use sqlx::migrate::Migrator;
+use trustmesh_store::group_commit::Writer;
+use trustmesh_store::{Backend, Db, StoreConfig, StoreError};
+
+static SQLITE: Migrator = sqlx::migrate!("tests/migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
+
+/// Why a unit refused to keep its writes.
+#[derive(Debug)]
+enum UnitError {
+    Refused,
+    Store(StoreError),
+}
+
+impl From<StoreError> for UnitError {
+    fn from(e: StoreError) -> Self {
+        Self::Store(e)
+    }
+}
+
+impl From<sqlx::Error> for UnitError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// A fresh database; on PostgreSQL a schema of its own, which [`close`]
+/// drops.
+async fn open(backend: Backend, dir: &std::path::Path) -> Db {
+    let service = format!("gc_{}", uuid::Uuid::new_v4().simple());
+    let url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(
+            std::env::var("TRUSTMESH_TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+        ),
+    };
+    let db = Db::connect(&StoreConfig {
+        service,
+        data_dir: dir.to_path_buf(),
+        url,
+        max_connections: 8,
+    })
+    .await
+    .expect("connect (PostgreSQL must be running: scripts/services.sh)");
+    db.migrate(&SQLITE, &POSTGRES).await.expect("migrate");
+    db
+}
+
+async fn close(db: Db) {
+    if db.backend() == Backend::Postgres {
+        let drop = format!("DROP SCHEMA \"{}\" CASCADE", db.service());
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(db.pool())
+            .await
+            .expect("drop schema");
+    }
+    db.close().await;
+}
+
+async fn count(db: &Db, like: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM notes WHERE id LIKE $1")
+        .bind(like)
+        .fetch_one(db.pool())
+        .await
+        .expect("count")
+}
+
+async fn units_commit_or_roll_back_alone(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(backend, dir.path()).await;
+    let writer = Writer::new(&db);
+    // Taken before the burst: the unit that reuses it fails on the key.
+    sqlx::query("INSERT INTO notes (id, body, amount) VALUES ('taken', 'x', 0)")
+        .execute(db.pool())
+        .await
+        .expect("seed");
+
+    let mut tasks = Vec::new();
+    for n in 0..300i64 {
+        let (writer, db) = (writer.clone(), db.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = match n {
+                7 => "taken".to_owned(),
+                _ => format!("n{n}"),
+            };
+            let result = writer
+                .run(move |conn| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, 'b', $2)")
+                            .bind(&id)
+                            .bind(n)
+                            .execute(&mut *conn)
+                            .await?;
+                        if n % 5 == 0 {
+                            return Err(UnitError::Refused);
+                        }
+                        Ok::<_, UnitError>(id)
+                    })
+                })
+                .await;
+            if let Ok(id) = &result {
+                // Durable before the answer: another connection sees it.
+                let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(db.pool())
+                    .await
+                    .expect("read back");
+                assert_eq!(seen, 1, "{id} answered before it was visible");
+            }
+            (n, result)
+        }));
+    }
+    let mut kept = 0;
+    for task in tasks {
+        let (n, result) = task.await.expect("task");
+        match (n, result) {
+            (7, Err(UnitError::Store(StoreError::Query(_)))) => {}
+            (7, other) => panic!("the duplicate key must fail alone: {other:?}"),
+            (n, Err(UnitError::Refused)) if n % 5 == 0 => {}
+            (n, Ok(id)) if n % 5 != 0 => {
+                assert_eq!(id, format!("n{n}"));
+                kept += 1;
+            }
+            (n, other) => panic!("unit {n}: {other:?}"),
+        }
+    }
+    // 300 units, 60 refused (multiples of 5), one duplicate.
+    assert_eq!(kept, 239);
+    assert_eq!(count(&db, "n%").await, 239);
+    let refused: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM notes WHERE amount % 5 = 0 AND id <> 'taken'")
+            .fetch_one(db.pool())
+            .await
+            .expect("count refused");
+    assert_eq!(refused, 0, "a refused unit left rows behind");
+    drop(writer);
+    close(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_units_commit_or_roll_back_alone() {
+    units_commit_or_roll_back_alone(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_units_commit_or_roll_back_alone() {
+    units_commit_or_roll_back_alone(Backend::Postgres).await;
+}
+
+/// Units that arrive together share a transaction on SQLite: fewer
+/// commits than units.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_batches_concurrent_units() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let writer = Writer::new(&db);
+    let mut tasks = Vec::new();
+    for n in 0..500i64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            writer
+                .run(move |conn| {
+                    Box::pin(async move {
+                        sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, 'b', $2)")
+                            .bind(format!("n{n}"))
+                            .bind(n)
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok::<_, UnitError>(())
+                    })
+                })
+                .await
+                .expect("unit");
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    assert_eq!(count(&db, "n%").await, 500);
+    let stats = writer.stats();
+    assert_eq!(stats.units, 500);
+    assert!(
+        stats.batches < stats.units,
+        "500 concurrent units were committed one by one: {stats:?}"
+    );
+    drop(writer);
+    close(db).await;
+}
