@@ -21,6 +21,7 @@ use trustmesh_runtime::{MeshChannel, RetryUnprocessed, Shutdown, SvidFiles};
 use trustmesh_tests::echo::SayRequest;
 use trustmesh_tests::echo::echo_client::EchoClient;
 use trustmesh_tests::echo::echo_server::EchoServer as EchoGrpc;
+use trustmesh_tests::stats::percentile;
 use trustmesh_tests::{
     EchoServer, EchoService, TestIssuer, echo_id, reckless_client_config, server_leaf, spiffe_id,
 };
@@ -34,14 +35,6 @@ struct Figures {
     rate: f64,
     p50: Duration,
     p99: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 fn request() -> SayRequest {
