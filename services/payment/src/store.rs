@@ -530,25 +530,6 @@ impl PaymentStore {
             .await?;
         Ok(())
     }
-
-    /// Outbox events not yet shipped, oldest first: `(action, status, target)`.
-    pub async fn pending_events(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT action, status, target FROM outbox WHERE sent_at IS NULL ORDER BY id",
-        )
-        .fetch_all(self.db.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| -> Result<_, sqlx::Error> {
-                Ok((
-                    r.try_get("action")?,
-                    r.try_get("status")?,
-                    r.try_get("target")?,
-                ))
-            })
-            .collect::<Result<_, _>>()?)
-    }
 }
 
 fn payment_of(row: &AnyRow) -> Result<Payment, sqlx::Error> {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Code, Request};
+use trustmesh_events::Outbox;
 use trustmesh_identity::{EntryStore, Issuer, IssuerConfig, Selector};
 use trustmesh_payment::{Hooks, PaymentConfig, PaymentStatus, PaymentStore, start_with_db};
 use trustmesh_policy::{DENY_REASON_METADATA, PolicyEngine, Subject, SubjectResolver};
@@ -496,14 +497,15 @@ async fn payments_are_idempotent_and_within_limits(backend: Backend) {
     denied(&e, "workload_not_allowed");
 
     // Events: one PAYMENT per settled payment, FAILED ones as failures.
-    let events = store.pending_events().await.unwrap();
-    let payments = events.iter().filter(|e| e.0 == "PAYMENT").count();
+    let events = Outbox::new(store.db().clone())
+        .pending(10_000)
+        .await
+        .unwrap();
+    let payments = events.iter().filter(|e| e.action == "PAYMENT").count();
     assert_eq!(payments, 1 + 1 + 1 + 3 + 5, "{events:?}");
-    assert!(
-        events
-            .iter()
-            .any(|e| e.0 == "PAYMENT" && e.1 == "FAIL" && e.2 == fp.payment_id)
-    );
+    assert!(events.iter().any(|e| e.action == "PAYMENT"
+        && e.status.as_str() == "FAIL"
+        && e.target == fp.payment_id));
     let denies = h.denies.lock().unwrap().clone();
     assert!(
         denies
@@ -760,10 +762,19 @@ async fn rollbacks_follow_the_rules(backend: Backend) {
     );
 
     // Events: a ROLLBACK per rollback, the refused attempt as a failure.
-    let events = h.store().pending_events().await.unwrap();
-    let rollbacks: Vec<_> = events.iter().filter(|e| e.0 == "ROLLBACK").collect();
+    let events = Outbox::new(h.store().db().clone())
+        .pending(10_000)
+        .await
+        .unwrap();
+    let rollbacks: Vec<_> = events.iter().filter(|e| e.action == "ROLLBACK").collect();
     assert_eq!(rollbacks.len(), 3, "{events:?}");
-    assert_eq!(rollbacks.iter().filter(|e| e.1 == "FAIL").count(), 1);
+    assert_eq!(
+        rollbacks
+            .iter()
+            .filter(|e| e.status.as_str() == "FAIL")
+            .count(),
+        1
+    );
     assert!(
         trustmesh_wallet::check_invariants(&h.wallet_db.db)
             .await

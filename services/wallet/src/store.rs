@@ -575,25 +575,6 @@ impl WalletStore {
     pub async fn check_invariants(&self) -> Result<InvariantReport, StoreError> {
         check_invariants(&self.db).await
     }
-
-    /// Outbox events not yet shipped, oldest first: `(action, target, details)`.
-    pub async fn pending_events(&self) -> Result<Vec<(String, String, String)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT action, target, details FROM outbox WHERE sent_at IS NULL ORDER BY id",
-        )
-        .fetch_all(self.db.pool())
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| -> Result<_, sqlx::Error> {
-                Ok((
-                    r.try_get("action")?,
-                    r.try_get("target")?,
-                    r.try_get("details")?,
-                ))
-            })
-            .collect::<Result<_, _>>()?)
-    }
 }
 
 /// Whether `e` is worth another attempt: a serialization failure or

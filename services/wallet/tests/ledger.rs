@@ -7,6 +7,7 @@
 
 mod common;
 
+use trustmesh_events::Outbox;
 use trustmesh_store::on_both_backends;
 
 use common::{Backend, TEST_AGENT, TestDb, deposit, eur, fund, payment, user};
@@ -108,7 +109,10 @@ async fn overdraw_is_refused_atomically(backend: Backend) {
             .unwrap()
             .is_none()
     );
-    let events = store.pending_events().await.unwrap();
+    let events = Outbox::new(store.db().clone())
+        .pending(10_000)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1, "only the deposit: {events:?}");
 
     // A user who never held money cannot pay, in any currency.
@@ -354,21 +358,22 @@ async fn events_are_written_with_the_change(backend: Backend) {
         .await
         .unwrap_err();
 
-    let events = store.pending_events().await.unwrap();
+    let events = Outbox::new(store.db().clone())
+        .pending(10_000)
+        .await
+        .unwrap();
     assert_eq!(events.len(), 2, "{events:?}");
-    let (action, target, details) = &events[0];
+    let (action, target, details) = (&events[0].action, &events[0].target, &events[0].details);
     assert_eq!(action, "DEPOSIT");
     assert_eq!(target, &d.record.transfer_id);
-    let details: serde_json::Value = serde_json::from_str(details).unwrap();
     assert_eq!(details["amount"], 250);
     assert_eq!(details["currency"], "EUR");
     assert_eq!(details["agent"], TEST_AGENT);
     assert_eq!(details["to_user_id"], alice.as_str());
     assert_eq!(details["reference"], "ev-1");
-    let (action, target, details) = &events[1];
+    let (action, target, details) = (&events[1].action, &events[1].target, &events[1].details);
     assert_eq!(action, "TRANSFER");
     assert_eq!(target, &t.record.transfer_id);
-    let details: serde_json::Value = serde_json::from_str(details).unwrap();
     assert_eq!(details["from_user_id"], alice.as_str());
     assert_eq!(details["to_user_id"], bob.as_str());
     assert_eq!(details["amount"], 50);
