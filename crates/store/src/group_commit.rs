@@ -76,6 +76,10 @@ struct Job {
 }
 
 /// Runs write transactions, batched on SQLite (see the module documentation).
+///
+/// On SQLite the writer keeps one connection of the pool for as long as a
+/// clone of it lives: drop every clone before [`Db::close`], which waits for
+/// every connection to come back.
 #[derive(Clone, Debug)]
 pub struct Writer {
     db: Db,
