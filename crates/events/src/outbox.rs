@@ -17,9 +17,8 @@
 
 use std::sync::Arc;
 
-use sqlx::Row;
 use tokio::sync::Notify;
-use trustmesh_store::{Db, StoreError};
+use trustmesh_store::{Backend, Db, StoreError};
 
 use crate::event::{Actor, Event, Status, now_rfc3339};
 
@@ -111,24 +110,63 @@ impl Outbox {
 
     /// Up to `limit` unsent events, oldest first (ids are UUID v7).
     pub async fn pending(&self, limit: usize) -> Result<Vec<Event>, StoreError> {
-        let sql = format!(
-            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(row_event).collect()
+        self.pending_after(None, limit).await
     }
 
-    /// Marks `ids` as delivered.
+    /// Up to `limit` unsent events after `cursor` (from the oldest unsent
+    /// one when `None`), oldest first (ids are UUID v7).
+    ///
+    /// The rows come as one JSON array built by the database: read row by
+    /// row, value by value, through sqlx's `Any` driver they cost the relay
+    /// more than publishing them.
+    pub async fn pending_after(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let aggregate = match self.db.backend() {
+            Backend::Sqlite => format!("json_group_array(json_array({OUTBOX_COLUMNS}))"),
+            Backend::Postgres => {
+                format!("json_agg(json_build_array({OUTBOX_COLUMNS}))::text")
+            }
+        };
+        // Every id is after the empty string.
+        let sql = format!(
+            "SELECT {aggregate} FROM (SELECT {OUTBOX_COLUMNS} FROM outbox \
+             WHERE sent_at IS NULL AND id > $1 ORDER BY id LIMIT $2) AS batch"
+        );
+        let json: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(cursor.unwrap_or(""))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(self.db.pool())
+            .await?;
+        let Some(json) = json else {
+            return Ok(Vec::new());
+        };
+        let mut rows: Vec<OutboxRow> = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Query(sqlx::Error::Decode(Box::new(e))))?;
+        // The aggregate leaves the order to the database.
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows.into_iter().map(row_event).collect())
+    }
+
+    /// Marks `ids` as delivered, 500 per statement. On SQLite the
+    /// parameters are anonymous `?`: binding numbered `$n` ones makes SQLite
+    /// scan every parameter name of the statement for each, quadratic in
+    /// the batch size.
     pub async fn mark_sent(&self, ids: &[&str]) -> Result<(), StoreError> {
         let now = now_rfc3339();
+        let backend = self.db.backend();
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let (now_param, placeholders): (&str, Vec<String>) = match backend {
+                Backend::Sqlite => ("?", vec!["?".to_owned(); chunk.len()]),
+                Backend::Postgres => (
+                    "$1",
+                    (0..chunk.len()).map(|i| format!("${}", i + 2)).collect(),
+                ),
+            };
             let sql = format!(
-                "UPDATE outbox SET sent_at = $1 WHERE id IN ({})",
+                "UPDATE outbox SET sent_at = {now_param} WHERE id IN ({})",
                 placeholders.join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
@@ -159,23 +197,49 @@ impl Outbox {
     }
 }
 
-fn row_event(row: &sqlx::any::AnyRow) -> Result<Event, StoreError> {
-    let details: String = row.try_get("details")?;
-    let status: String = row.try_get("status")?;
-    Ok(Event {
-        id: row.try_get("id")?,
-        time: row.try_get("created_at")?,
-        service: row.try_get("service")?,
-        action: row.try_get("action")?,
+/// An outbox row as a JSON array of [`OUTBOX_COLUMNS`].
+type OutboxRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+
+/// The event of an outbox row.
+fn row_event(row: OutboxRow) -> Event {
+    let (
+        id,
+        time,
+        service,
+        action,
+        status,
+        user_id,
+        spiffe_id,
+        target,
+        client_ip,
+        user_agent,
+        request_id,
+        details,
+    ) = row;
+    Event {
+        id,
+        time,
+        service,
+        action,
         status: Status::parse(&status).unwrap_or(Status::Success),
-        actor: Actor {
-            user_id: row.try_get("actor_user")?,
-            spiffe_id: row.try_get("actor_spiffe")?,
-        },
-        target: row.try_get("target")?,
-        client_ip: row.try_get("client_ip")?,
-        user_agent: row.try_get("user_agent")?,
-        request_id: row.try_get("request_id")?,
+        actor: Actor { user_id, spiffe_id },
+        target,
+        client_ip,
+        user_agent,
+        request_id,
         details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-    })
+    }
 }

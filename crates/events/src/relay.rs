@@ -4,12 +4,31 @@
 //! after audit committed). While the destination is down the rows wait in
 //! the outbox and the relay retries with a capped backoff.
 //!
+//! To RabbitMQ the relay keeps up to [`AMQP_IN_FLIGHT`] batches in flight
+//! on its channel: it sends the next batches while the broker is still
+//! persisting the earlier ones, and marks each batch sent, in order, once
+//! its confirms are in. The rows in flight are not read again: the relay
+//! reads on from the last id it sent. A row that commits late with an
+//! older id (ids are UUID v7, taken when the event was made) is picked up
+//! when the relay starts again from the oldest unsent row, which it does
+//! whenever nothing is in flight, and at least every [`RESCAN`] (it then
+//! lets the batches in flight drain first). Batches reach the broker in
+//! order on the one channel; after a failure the relay starts again from
+//! the oldest unsent row, so a batch that was in flight may arrive before
+//! the one retried (audit skips what it already holds). Several events
+//! travel in one message ([`crate::amqp`]). `Append` over mTLS keeps one
+//! batch in flight, so audit stores each service's events in outbox order.
+//!
 //! Metrics: `events_relayed_total`, `events_relay_failures_total`,
 //! `events_outbox_depth` and `events_relay_lag_seconds` (from the event's
 //! time to its confirmed delivery).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -27,6 +46,12 @@ use crate::outbox::Outbox;
 
 /// The most events shipped in one batch.
 pub const BATCH: usize = 500;
+/// The most batches a relay keeps in flight to RabbitMQ (sent, awaiting
+/// their publisher confirms).
+pub const AMQP_IN_FLIGHT: usize = 8;
+/// How often, at least, the relay starts again from the oldest unsent row
+/// (to pick up rows that committed late with an older id).
+pub const RESCAN: Duration = Duration::from_secs(1);
 /// How often the relay looks at the outbox when nobody woke it.
 const POLL: Duration = Duration::from_millis(100);
 /// The longest pause between attempts while the destination is down.
@@ -75,18 +100,50 @@ impl Destination {
 
     /// Delivers `events`; `Ok` means the destination has them durably.
     pub async fn deliver(&mut self, events: &[Event]) -> Result<(), DeliveryError> {
+        self.start(events).await?.await
+    }
+
+    /// Starts delivering `events` and returns what completes the delivery:
+    /// `Ok` from it means the destination has them durably. Batches
+    /// started one after the other arrive in that order.
+    pub async fn start(&mut self, events: &[Event]) -> Result<Delivery, DeliveryError> {
         match self {
-            Destination::Amqp(publisher) => Ok(publisher.publish(events).await?),
+            Destination::Amqp(publisher) => {
+                let confirms = publisher.send(events).await?;
+                Ok(Box::pin(async move { Ok(confirms.wait().await?) }))
+            }
             Destination::Audit(client) => {
+                let mut client = client.clone();
                 let request = AppendRequest {
                     events: events.iter().map(Event::to_proto).collect(),
                 };
-                client.append(request).await?;
-                Ok(())
+                Ok(Box::pin(async move {
+                    client.append(request).await?;
+                    Ok(())
+                }))
             }
         }
     }
+
+    /// How many batches may be in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        match self {
+            Destination::Amqp(_) => AMQP_IN_FLIGHT,
+            Destination::Audit(_) => 1,
+        }
+    }
+
+    /// Forgets the connection after a failure, so the next delivery starts
+    /// afresh.
+    fn reset(&mut self) {
+        if let Destination::Amqp(publisher) = self {
+            publisher.reset();
+        }
+    }
 }
+
+/// A delivery under way (see [`Destination::start`]).
+pub type Delivery = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send>>;
 
 /// The relay's metrics.
 #[derive(Clone, Debug)]
@@ -142,6 +199,50 @@ pub struct Relay {
     housekeeping_runs: u64,
 }
 
+/// A batch in flight: its events and how its delivery ended.
+type Shipped = (Vec<Event>, Result<(), DeliveryError>);
+
+/// The batches in flight, oldest first, and where reading goes on.
+struct Pipeline {
+    in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = Shipped> + Send>>>,
+    /// The id of the newest row sent; `None`: read from the oldest unsent.
+    cursor: Option<String>,
+    /// When reading last started from the oldest unsent row.
+    rescanned: tokio::time::Instant,
+}
+
+impl Pipeline {
+    fn new() -> Pipeline {
+        Pipeline {
+            in_flight: FuturesOrdered::new(),
+            cursor: None,
+            rescanned: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Abandons the batches in flight (they stay unsent in the outbox and
+    /// go again) and reads from the oldest unsent row.
+    fn clear(&mut self) {
+        self.in_flight = FuturesOrdered::new();
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        self.cursor = None;
+        self.rescanned = tokio::time::Instant::now();
+    }
+}
+
+/// What one step of the relay did.
+enum Step {
+    /// Events were delivered or are in flight: go on at once.
+    Busy,
+    /// Nothing to ship.
+    Idle,
+    /// A failure (already logged): back off.
+    Failed,
+}
+
 impl Relay {
     /// A relay from `outbox` to `destination`, publishing its metrics in `metrics`.
     pub fn new(outbox: Outbox, destination: Destination, metrics: &MetricsRegistry) -> Relay {
@@ -158,6 +259,7 @@ impl Relay {
     pub fn spawn(mut self, shutdown: Shutdown) -> JoinHandle<()> {
         tokio::spawn(async move {
             tracing::info!(destination = self.destination.name(), "event relay started");
+            let mut pipeline = Pipeline::new();
             let mut backoff = Duration::ZERO;
             let mut last_housekeeping = tokio::time::Instant::now() - Duration::from_secs(60);
             loop {
@@ -165,16 +267,19 @@ impl Relay {
                     self.housekeeping().await;
                     last_housekeeping = tokio::time::Instant::now();
                 }
-                let pause = match self.ship_once().await {
-                    Ok(0) => {
+                let pause = match self.step(&mut pipeline).await {
+                    Step::Busy => {
+                        backoff = Duration::ZERO;
+                        if shutdown.is_triggered() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Step::Idle => {
                         backoff = Duration::ZERO;
                         POLL
                     }
-                    Ok(_) => {
-                        backoff = Duration::ZERO;
-                        continue;
-                    }
-                    Err(()) => {
+                    Step::Failed => {
                         backoff = (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
                         backoff
                     }
@@ -187,8 +292,8 @@ impl Relay {
             }
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             while tokio::time::Instant::now() < deadline {
-                match tokio::time::timeout_at(deadline, self.ship_once()).await {
-                    Ok(Ok(n)) if n > 0 => continue,
+                match tokio::time::timeout_at(deadline, self.step(&mut pipeline)).await {
+                    Ok(Step::Busy) => continue,
                     _ => break,
                 }
             }
@@ -196,35 +301,63 @@ impl Relay {
         })
     }
 
-    /// Ships one batch; the number of events delivered, or `Err` after a
-    /// failure (already logged).
-    async fn ship_once(&mut self) -> Result<usize, ()> {
-        let events = match self.outbox.pending(BATCH).await {
-            Ok(events) => events,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the outbox");
-                return Err(());
-            }
-        };
-        if events.is_empty() {
-            return Ok(0);
+    /// Fills the pipeline from the outbox, then waits for the oldest batch
+    /// in flight and marks it sent.
+    async fn step(&mut self, pipeline: &mut Pipeline) -> Step {
+        // With nothing in flight, read from the oldest unsent row; and every
+        // RESCAN, stop sending until what is in flight drained, to do so.
+        if pipeline.in_flight.is_empty() {
+            pipeline.restart();
         }
-        if let Err(e) = self.destination.deliver(&events).await {
-            self.metrics.failures.inc();
-            tracing::warn!(
-                destination = self.destination.name(),
-                pending = events.len(),
-                error = %e,
-                "event delivery failed; the events stay in the outbox"
-            );
-            return Err(());
+        let draining = pipeline.rescanned.elapsed() >= RESCAN;
+        while !draining && pipeline.in_flight.len() < self.destination.max_in_flight() {
+            let events = match self
+                .outbox
+                .pending_after(pipeline.cursor.as_deref(), BATCH)
+                .await
+            {
+                Ok(events) => events,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox");
+                    pipeline.clear();
+                    return Step::Failed;
+                }
+            };
+            let Some(last) = events.last() else {
+                break;
+            };
+            pipeline.cursor = Some(last.id.clone());
+            // A short batch took everything there was.
+            let drained = events.len() < BATCH;
+            match self.destination.start(&events).await {
+                Ok(delivery) => pipeline
+                    .in_flight
+                    .push_back(Box::pin(async move { (events, delivery.await) })),
+                Err(e) => {
+                    self.failed(&events, &e);
+                    pipeline.clear();
+                    return Step::Failed;
+                }
+            }
+            if drained {
+                break;
+            }
+        }
+        let Some((events, result)) = pipeline.in_flight.next().await else {
+            return Step::Idle;
+        };
+        if let Err(e) = result {
+            self.failed(&events, &e);
+            pipeline.clear();
+            return Step::Failed;
         }
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         if let Err(e) = self.outbox.mark_sent(&ids).await {
             // Delivered but not marked: they will be delivered again, and
             // audit ignores the duplicates.
             tracing::warn!(error = %e, "cannot mark delivered events");
-            return Err(());
+            pipeline.clear();
+            return Step::Failed;
         }
         let now = OffsetDateTime::now_utc();
         for event in &events {
@@ -235,7 +368,18 @@ impl Relay {
             }
         }
         self.metrics.relayed.inc_by(events.len() as u64);
-        Ok(events.len())
+        Step::Busy
+    }
+
+    fn failed(&mut self, events: &[Event], e: &DeliveryError) {
+        self.metrics.failures.inc();
+        self.destination.reset();
+        tracing::warn!(
+            destination = self.destination.name(),
+            pending = events.len(),
+            error = %e,
+            "event delivery failed; the events stay in the outbox"
+        );
     }
 
     /// Updates the depth gauge; once a minute also purges old sent rows.

@@ -290,8 +290,36 @@ async fn a_second_writer_fails_loudly(backend: Backend) {
     assert!(err.to_string().contains("another writer"), "{err}");
 }
 
+/// `verify` reads the log in chunks, each rendered as JSON by the
+/// database: strings of every kind come back exactly, and an entry past
+/// the first chunks is still named.
+async fn odd_strings_and_long_logs_verify(backend: Backend) {
+    let f = fixture(backend).await;
+    // PostgreSQL text cannot hold NUL at all.
+    let nul = if backend == Backend::Sqlite { "\0" } else { "" };
+    let odd = format!(
+        "quote\" backslash\\ slash/ tab\t newline\n bell\u{7} del\u{7f} é 😀 \u{2028}{nul} end"
+    );
+    let mut events: Vec<Event> = (0..9000).map(login).collect();
+    events[4100] = Event::new("auth", action::LOGIN, &odd)
+        .by_user(odd.clone())
+        .from_client(Some(&odd), Some(&odd))
+        .request(Some(&odd))
+        .details(serde_json::json!({"k": odd, "nested": {"list": [1, 2.5, null, odd]}}));
+    for chunk in events.chunks(1000) {
+        f.log.append(chunk).await.unwrap();
+    }
+    f.log.sign_checkpoint().await.unwrap().unwrap();
+    assert_eq!(f.verify(None).await.unwrap(), 9000);
+    f.exec("UPDATE events SET target = 'someone-else' WHERE idx = 8500")
+        .await;
+    let err = f.verify(None).await.unwrap_err();
+    assert!(err.to_string().contains("entry #8500"), "{err}");
+}
+
 on_both_backends!(
     appends_are_idempotent_and_verify,
+    odd_strings_and_long_logs_verify,
     an_edited_event_is_named,
     reordered_rows_are_named,
     deleting_the_newest_rows_is_detected,
