@@ -30,6 +30,7 @@ use trustmesh_proto::trustmesh::audit::v1::AppendRequest;
 use trustmesh_proto::trustmesh::audit::v1::audit_client::AuditClient;
 use trustmesh_runtime::{Hooks, Shutdown, connect_channel};
 use trustmesh_store::{Db, StoreConfig};
+use trustmesh_tests::stats::{ms, percentile};
 use trustmesh_tests::{TRUST_DOMAIN, TestIssuer, spiffe_id, test_policies};
 
 const BATCH: usize = 500;
@@ -73,17 +74,6 @@ async fn depth(outboxes: &[Outbox]) -> i64 {
         total += outbox.depth().await.unwrap();
     }
     total
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn event(n: usize) -> Event {
