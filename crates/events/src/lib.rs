@@ -66,9 +66,21 @@ impl Pipeline {
         metrics: &trustmesh_telemetry::MetricsRegistry,
         shutdown: &trustmesh_runtime::Shutdown,
     ) -> Result<Pipeline, trustmesh_runtime::RuntimeError> {
+        Self::start_with(Outbox::new(db.clone()), mesh, directory, metrics, shutdown)
+    }
+
+    /// Starts the relay of `outbox` (see [`Pipeline::start`]); for an outbox
+    /// whose writes go through the service's writer
+    /// ([`Outbox::with_writer`]).
+    pub fn start_with(
+        outbox: Outbox,
+        mesh: &trustmesh_runtime::MeshClient,
+        directory: &trustmesh_runtime::Directory,
+        metrics: &trustmesh_telemetry::MetricsRegistry,
+        shutdown: &trustmesh_runtime::Shutdown,
+    ) -> Result<Pipeline, trustmesh_runtime::RuntimeError> {
         let amqp_url = std::env::var("AMQP_URL").ok();
         let destination = destination(amqp_url.as_deref(), mesh, directory)?;
-        let outbox = Outbox::new(db.clone());
         let relay = Relay::new(outbox.clone(), destination, metrics).spawn(shutdown.clone());
         Ok(Pipeline { outbox, relay })
     }

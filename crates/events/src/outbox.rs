@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use trustmesh_store::group_commit::Writer;
 use trustmesh_store::{Backend, Db, StoreError};
 
 use crate::event::{Actor, Event, Status, now_rfc3339};
@@ -66,6 +67,8 @@ pub async fn record_on(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<
 pub struct Outbox {
     db: Db,
     wake: Arc<Notify>,
+    /// Where this outbox's own writes go, when the service has a writer.
+    writer: Option<Writer>,
 }
 
 impl Outbox {
@@ -74,7 +77,20 @@ impl Outbox {
         Outbox {
             db,
             wake: Arc::new(Notify::new()),
+            writer: None,
         }
+    }
+
+    /// The same outbox, with its own writes (rows marked sent, denies
+    /// recorded, sent rows purged) made through `writer`, the service's
+    /// group-commit writer over the same database. On SQLite, which has one
+    /// writer at a time, a write of the relay on a connection of its own
+    /// would otherwise meet the service's writer in SQLite's busy handler,
+    /// which polls the lock with sleeps of 1, 2, 5, 10… ms: a stall of
+    /// several milliseconds for whatever request the writer was serving.
+    pub fn with_writer(mut self, writer: Writer) -> Outbox {
+        self.writer = Some(writer);
+        self
     }
 
     /// The database holding the table.
@@ -99,11 +115,28 @@ impl Outbox {
         if events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.pool().begin().await?;
-        for event in events {
-            record(&mut tx, event).await?;
+        match &self.writer {
+            Some(writer) => {
+                let events = events.to_vec();
+                writer
+                    .run(move |conn| {
+                        Box::pin(async move {
+                            for event in &events {
+                                record_on(&mut *conn, event).await?;
+                            }
+                            Ok::<_, StoreError>(())
+                        })
+                    })
+                    .await?;
+            }
+            None => {
+                let mut tx = self.db.pool().begin().await?;
+                for event in events {
+                    record(&mut tx, event).await?;
+                }
+                tx.commit().await?;
+            }
         }
-        tx.commit().await?;
         self.wake();
         Ok(())
     }
@@ -150,32 +183,28 @@ impl Outbox {
         Ok(rows.into_iter().map(row_event).collect())
     }
 
-    /// Marks `ids` as delivered, 500 per statement. On SQLite the
-    /// parameters are anonymous `?`: binding numbered `$n` ones makes SQLite
-    /// scan every parameter name of the statement for each, quadratic in
-    /// the batch size.
+    /// Marks `ids` as delivered (through the writer, if it has one).
     pub async fn mark_sent(&self, ids: &[&str]) -> Result<(), StoreError> {
         let now = now_rfc3339();
         let backend = self.db.backend();
-        for chunk in ids.chunks(500) {
-            let (now_param, placeholders): (&str, Vec<String>) = match backend {
-                Backend::Sqlite => ("?", vec!["?".to_owned(); chunk.len()]),
-                Backend::Postgres => (
-                    "$1",
-                    (0..chunk.len()).map(|i| format!("${}", i + 2)).collect(),
-                ),
-            };
-            let sql = format!(
-                "UPDATE outbox SET sent_at = {now_param} WHERE id IN ({})",
-                placeholders.join(", ")
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&now);
-            for id in chunk {
-                query = query.bind(*id);
+        match &self.writer {
+            Some(writer) => {
+                let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+                writer
+                    .run(move |conn| {
+                        Box::pin(async move {
+                            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                            mark_sent_on(conn, backend, &now, &ids).await?;
+                            Ok::<_, StoreError>(())
+                        })
+                    })
+                    .await
             }
-            query.execute(self.db.pool()).await?;
+            None => {
+                let mut conn = self.db.pool().acquire().await?;
+                Ok(mark_sent_on(&mut conn, backend, &now, ids).await?)
+            }
         }
-        Ok(())
     }
 
     /// How many events wait to be delivered.
@@ -189,12 +218,55 @@ impl Outbox {
 
     /// Deletes delivered rows sent before `before` (RFC 3339); returns how many.
     pub async fn purge_sent(&self, before: &str) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
-            .bind(before)
-            .execute(self.db.pool())
-            .await?;
-        Ok(done.rows_affected())
+        const PURGE: &str = "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1";
+        let Some(writer) = &self.writer else {
+            let done = sqlx::query(PURGE)
+                .bind(before)
+                .execute(self.db.pool())
+                .await?;
+            return Ok(done.rows_affected());
+        };
+        let before = before.to_owned();
+        writer
+            .run(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(PURGE).bind(&before).execute(&mut *conn).await?;
+                    Ok::<_, StoreError>(done.rows_affected())
+                })
+            })
+            .await
     }
+}
+
+/// Marks `ids` as delivered at `now` on `conn`, 500 per statement. On
+/// SQLite the parameters are anonymous `?`: binding numbered `$n` ones
+/// makes SQLite scan every parameter name of the statement for each,
+/// quadratic in the batch size.
+async fn mark_sent_on(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    now: &str,
+    ids: &[&str],
+) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(500) {
+        let (now_param, placeholders): (&str, Vec<String>) = match backend {
+            Backend::Sqlite => ("?", vec!["?".to_owned(); chunk.len()]),
+            Backend::Postgres => (
+                "$1",
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect(),
+            ),
+        };
+        let sql = format!(
+            "UPDATE outbox SET sent_at = {now_param} WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 /// An outbox row as a JSON array of [`OUTBOX_COLUMNS`].

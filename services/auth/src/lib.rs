@@ -8,11 +8,13 @@
 //!   with a ±1 step window and replay refusal.
 //! - [`recovery`]: ten single-use recovery codes, stored hashed.
 //! - [`lockout`]: the brute-force lockout policy as a pure function.
+//! - [`hash_pool`]: the low-priority threads Argon2id runs on.
 //!
 //! TOTP seeds are sealed at rest with `trustmesh-keyring`; bind each sealed seed
 //! to its user with the associated data (for example `b"totp:" + user_id`).
 
 pub mod email;
+pub mod hash_pool;
 pub mod lockout;
 pub mod password;
 pub mod recovery;
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use spiffe::X509Source;
-use trustmesh_events::Pipeline;
+use trustmesh_events::{Outbox, Pipeline};
 use trustmesh_policy::PolicyEngine;
 use trustmesh_proto::trustmesh::auth::v1::auth_server::AuthServer;
 use trustmesh_runtime::{
@@ -61,6 +63,9 @@ pub enum AuthError {
     /// The password hasher refused its parameters.
     #[error("password hashing: {0}")]
     Hasher(String),
+    /// The password hashing threads could not be started.
+    #[error("password hashing threads: {0}")]
+    HashThreads(std::io::Error),
 }
 
 /// How the auth service runs.
@@ -109,8 +114,11 @@ pub async fn start(
     let mesh = MeshClient::new(source.clone(), &config.trust_domain);
     let directory = Directory::new(&config.data_dir);
     let metrics = MetricsRegistry::new();
-    let events = Pipeline::start(&db, &mesh, &directory, &metrics, &shutdown)?;
-    let store = store::AuthStore::new(db);
+    let store = store::AuthStore::new(db.clone());
+    // The relay's writes go through the store's writer: on SQLite they
+    // then never stall a login in the busy handler.
+    let outbox = Outbox::new(db).with_writer(store.writer().clone());
+    let events = Pipeline::start_with(outbox, &mesh, &directory, &metrics, &shutdown)?;
     let keys = KeyRing::open(
         &config.data_dir.join("auth").join("signing-keys"),
         RotationPolicy {
@@ -122,6 +130,7 @@ pub async fn start(
     password::warm_up();
     let hasher = password::Hasher::new(password::HashParams::default())
         .map_err(|e| AuthError::Hasher(e.to_string()))?;
+    let hashing = hash_pool::HashPool::per_core().map_err(AuthError::HashThreads)?;
     let tokens = TokenIssuer::new(keys.clone(), TOKEN_ISSUER, TOKEN_AUDIENCE, ACCESS_TOKEN_TTL);
     spawn_key_rotation(keys.clone(), shutdown.clone());
 
@@ -143,7 +152,15 @@ pub async fn start(
         .with_session_checker(Arc::new(sessions), SESSION_CHECK_TTL);
 
     let users = mesh.service_channel(&directory, "user")?;
-    let service = service::AuthService::new(store, hasher, secrets, tokens, users, config.settings);
+    let service = service::AuthService::new(
+        store,
+        hasher,
+        hashing,
+        secrets,
+        tokens,
+        users,
+        config.settings,
+    );
     let routes = tonic::service::Routes::new(AuthServer::new(service));
     Ok(
         GrpcServer::new("auth", &config.trust_domain, source, policy)

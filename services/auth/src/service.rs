@@ -22,9 +22,12 @@ use trustmesh_runtime::MeshChannel;
 use trustmesh_store::StoreError;
 use trustmesh_tokens::TokenIssuer;
 
+use crate::hash_pool::HashPool;
 use crate::lockout::LockoutPolicy;
 use crate::password::{Hasher, check_policy};
-use crate::store::{Account, AuthStore, RefreshUse, SessionRow, unix_now};
+use crate::store::{
+    Account, AuthStore, CodeCheck, Failure, MfaOutcome, MfaStep, RefreshUse, SessionRow, unix_now,
+};
 use crate::{email, recovery, totp};
 
 /// Lifetimes and limits of the auth domain.
@@ -62,10 +65,10 @@ impl Default for AuthSettings {
 pub struct AuthService {
     store: AuthStore,
     hasher: Arc<Hasher>,
-    /// One permit per core: Argon2id runs at most this many hashes at once,
-    /// so a burst of logins queues for the hasher instead of taking every
-    /// core from the rest of the service.
-    hashing: Arc<tokio::sync::Semaphore>,
+    /// Where Argon2id runs: one low-priority thread per core, so a burst of
+    /// logins queues for the hasher instead of taking every core from the
+    /// rest of the service (see [`HashPool`]).
+    hashing: HashPool,
     secrets: Arc<KeyRing>,
     tokens: TokenIssuer,
     users: UserClient<MeshChannel>,
@@ -129,13 +132,31 @@ fn locked(retry_after: i64) -> Status {
     status
 }
 
+/// The TOTP seed of `account`, unsealed with `secrets`.
+fn totp_secret(
+    secrets: &KeyRing,
+    account: &Account,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
+    let sealed = data_encoding::BASE64
+        .decode(account.totp_sealed.as_bytes())
+        .map_err(|_| Status::internal("corrupt TOTP seed"))?;
+    secrets
+        .open_sealed(&sealed, account.user_id.as_bytes())
+        .map_err(|e| {
+            tracing::error!(user_id = %account.user_id, error = %e, "cannot unseal a TOTP seed");
+            Status::internal("cannot read the TOTP seed")
+        })
+}
+
 impl AuthService {
-    /// A service over `store`, sealing TOTP seeds with `secrets`, signing
+    /// A service over `store`, hashing passwords with `hasher` on the
+    /// threads of `hashing`, sealing TOTP seeds with `secrets`, signing
     /// access tokens with `tokens`, and asking the user service (`users`)
     /// for roles.
     pub fn new(
         store: AuthStore,
         hasher: Hasher,
+        hashing: HashPool,
         secrets: KeyRing,
         tokens: TokenIssuer,
         users: MeshChannel,
@@ -144,9 +165,7 @@ impl AuthService {
         Self {
             store,
             hasher: Arc::new(hasher),
-            hashing: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            )),
+            hashing,
             secrets: Arc::new(secrets),
             tokens,
             users: UserClient::new(users),
@@ -156,12 +175,8 @@ impl AuthService {
 
     async fn hash_password(&self, password: String) -> Result<String, Status> {
         let hasher = self.hasher.clone();
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Status::internal("hashing failed"))?;
-        tokio::task::spawn_blocking(move || hasher.hash(&password))
+        self.hashing
+            .run(move || hasher.hash(&password))
             .await
             .map_err(|_| Status::internal("hashing failed"))?
             .map_err(|e| {
@@ -177,40 +192,28 @@ impl AuthService {
         phc: Option<String>,
     ) -> Result<(bool, bool), Status> {
         let hasher = self.hasher.clone();
-        let _permit = self
-            .hashing
-            .acquire()
+        self.hashing
+            .run(move || match phc {
+                Some(phc) => hasher
+                    .verify(&password, &phc)
+                    .map(|v| (v.ok, v.needs_rehash))
+                    .unwrap_or((false, false)),
+                None => {
+                    // Unknown account: spend the same time as a real check.
+                    hasher.dummy_verify(&password);
+                    (false, false)
+                }
+            })
             .await
-            .map_err(|_| Status::internal("verification failed"))?;
-        tokio::task::spawn_blocking(move || match phc {
-            Some(phc) => hasher
-                .verify(&password, &phc)
-                .map(|v| (v.ok, v.needs_rehash))
-                .unwrap_or((false, false)),
-            None => {
-                // Unknown account: spend the same time as a real check.
-                hasher.dummy_verify(&password);
-                (false, false)
-            }
-        })
-        .await
-        .map_err(|_| Status::internal("verification failed"))
+            .map_err(|_| Status::internal("verification failed"))
     }
 
     fn totp_secret(&self, account: &Account) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
-        let sealed = data_encoding::BASE64
-            .decode(account.totp_sealed.as_bytes())
-            .map_err(|_| Status::internal("corrupt TOTP seed"))?;
-        self.secrets
-            .open_sealed(&sealed, account.user_id.as_bytes())
-            .map_err(|e| {
-                tracing::error!(user_id = %account.user_id, error = %e, "cannot unseal a TOTP seed");
-                Status::internal("cannot read the TOTP seed")
-            })
+        totp_secret(&self.secrets, account)
     }
 
     /// Records a failed login (and its `LOGIN_FAILED` event, with `reason`)
-    /// and locks the account when it reaches the limit.
+    /// and locks the account when it reaches the limit, in one transaction.
     async fn fail_login(
         &self,
         account: Option<&Account>,
@@ -218,28 +221,19 @@ impl AuthService {
         user_agent: &str,
         reason: &str,
     ) -> Result<(), Status> {
-        self.store
-            .record_failure(account, client_ip, user_agent, reason)
-            .await
-            .map_err(internal)?;
-        let Some(user_id) = account.map(|a| a.user_id.as_str()) else {
-            return Ok(());
+        let failure = Failure {
+            account,
+            client_ip,
+            user_agent,
+            reason,
         };
-        let now = unix_now();
-        let window = self.settings.lockout.window.as_secs() as i64;
-        let failures = self
+        let locked = self
             .store
-            .failures_for_user(user_id, now - window)
+            .record_failure(&failure, &self.settings.lockout)
             .await
             .map_err(internal)?;
-        let limit = self.settings.lockout.max_failures;
-        if limit > 0 && failures >= i64::from(limit) {
-            let until = now + self.settings.lockout.lock_for.as_secs() as i64;
-            self.store
-                .lock(user_id, until, client_ip)
-                .await
-                .map_err(internal)?;
-            tracing::warn!(%user_id, %client_ip, failures, "account locked");
+        if let (Some(account), Some(until)) = (account, locked) {
+            tracing::warn!(user_id = %account.user_id, %client_ip, until, "account locked");
         }
         Ok(())
     }
@@ -327,27 +321,46 @@ impl AuthService {
         Ok(())
     }
 
-    async fn role_of(&self, account: &Account) -> Result<String, Status> {
+    /// The role of `user_id` as the user service has it; `None` when it
+    /// has no profile for the user yet.
+    async fn fetch_role(&self, user_id: &str) -> Result<Option<String>, Status> {
         let mut users = self.users.clone();
         match users
             .get_role(GetRoleRequest {
-                user_id: account.user_id.clone(),
+                user_id: user_id.to_owned(),
             })
             .await
         {
-            Ok(reply) => Ok(reply.into_inner().role),
-            Err(e) if e.code() == tonic::Code::NotFound => {
-                let profile = users
-                    .ensure_profile(EnsureProfileRequest {
-                        user_id: account.user_id.clone(),
-                        email: account.email.clone(),
-                    })
-                    .await?
-                    .into_inner();
-                Ok(profile.role)
-            }
+            Ok(reply) => Ok(Some(reply.into_inner().role)),
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The role of `account`, creating its profile (with the default role)
+    /// when the user service has none; `fetched` is what [`Self::fetch_role`]
+    /// already returned, if it was asked.
+    async fn role_of(
+        &self,
+        account: &Account,
+        fetched: Option<Option<String>>,
+    ) -> Result<String, Status> {
+        let fetched = match fetched {
+            Some(fetched) => fetched,
+            None => self.fetch_role(&account.user_id).await?,
+        };
+        if let Some(role) = fetched {
+            return Ok(role);
+        }
+        let mut users = self.users.clone();
+        let profile = users
+            .ensure_profile(EnsureProfileRequest {
+                user_id: account.user_id.clone(),
+                email: account.email.clone(),
+            })
+            .await?
+            .into_inner();
+        Ok(profile.role)
     }
 
     fn token_reply(
@@ -534,12 +547,33 @@ impl Auth for AuthService {
         {
             return Err(locked(until - unix_now()));
         }
-        let (ok, needs_rehash) = self
-            .verify_password(
-                req.password.clone(),
-                account.as_ref().map(|a| a.password_hash.clone()),
-            )
-            .await?;
+        // The role the session will carry is asked for while Argon2id runs,
+        // so that neither step waits for the user service on its own. It is
+        // only awaited once the password is right: a wrong password answers
+        // as soon as the hash is checked, exactly like an unknown email
+        // (which asks nothing), so the lookup adds no timing difference.
+        let confirmed_user = account
+            .as_ref()
+            .filter(|a| a.confirmed)
+            .map(|a| a.user_id.clone());
+        let role_lookup = async {
+            match confirmed_user {
+                Some(user_id) => Some(self.fetch_role(&user_id).await),
+                None => None,
+            }
+        };
+        let verification = self.verify_password(
+            req.password.clone(),
+            account.as_ref().map(|a| a.password_hash.clone()),
+        );
+        tokio::pin!(role_lookup, verification);
+        let mut fetched_role = None;
+        let (ok, needs_rehash) = loop {
+            tokio::select! {
+                verified = &mut verification => break verified?,
+                role = &mut role_lookup, if fetched_role.is_none() => fetched_role = Some(role),
+            }
+        };
         let account = match account {
             Some(account) if ok => account,
             other => {
@@ -560,6 +594,25 @@ impl Auth for AuthService {
                 "confirm the TOTP enrolment first",
             ));
         }
+        let fetched_role = match fetched_role {
+            Some(fetched) => fetched,
+            None => role_lookup.await,
+        }
+        .transpose()?;
+        // The role goes into the ticket, and from there into the session's
+        // first access token: the MFA step does not ask the user service
+        // again. A role change between the two steps (the ticket lives
+        // `mfa_ticket_ttl`, 5 minutes by default) therefore reaches this
+        // session at its first refresh, like a change made just after the
+        // MFA step: access tokens already carry a role for up to their 15
+        // minutes, and role changes do not revoke sessions, so the ticket
+        // adds at most its own lifetime to that existing delay, and the role
+        // was the user's own a moment before. Refresh asks the user service
+        // every time, so no session keeps a stale role beyond one access
+        // token. (A demotion that must bite at once needs the user's
+        // sessions revoked, which a role change does not do, with or
+        // without this.)
+        let role = self.role_of(&account, fetched_role).await?;
         if needs_rehash {
             let phc = self.hash_password(req.password).await?;
             self.store
@@ -570,7 +623,12 @@ impl Auth for AuthService {
         let ticket = random_token();
         let ttl = self.settings.mfa_ticket_ttl.as_secs() as i64;
         self.store
-            .create_ticket(&token_hash(&ticket), &account.user_id, unix_now() + ttl)
+            .create_ticket(
+                &token_hash(&ticket),
+                &account.user_id,
+                &role,
+                unix_now() + ttl,
+            )
             .await
             .map_err(internal)?;
         Ok(Response::new(LoginReply {
@@ -586,92 +644,9 @@ impl Auth for AuthService {
         let client_ip = metadata_text(&request, "x-client-ip");
         let user_agent = metadata_text(&request, "x-client-user-agent");
         let req = request.into_inner();
-        let ticket_hash = token_hash(&req.mfa_ticket);
-        let user_id = self
-            .store
-            .ticket_attempt(&ticket_hash, self.settings.max_code_attempts)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                status(
-                    tonic::Code::Unauthenticated,
-                    "mfa_ticket_invalid",
-                    "unknown or expired MFA ticket",
-                )
-            })?;
-        let account = self
-            .store
-            .account(&user_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(invalid_credentials)?;
-        if let Some(until) = self
-            .store
-            .locked_until(&user_id, unix_now())
-            .await
-            .map_err(internal)?
-        {
-            return Err(locked(until - unix_now()));
-        }
-        let amr = match (req.code.is_empty(), req.recovery_code.is_empty()) {
-            (false, true) => {
-                let secret = self.totp_secret(&account)?;
-                let last = u64::try_from(account.totp_last_step).ok();
-                let step = match totp::verify(&secret, &req.code, unix_now() as u64, last) {
-                    Ok(step) => step,
-                    Err(totp::TotpError::Replayed) => {
-                        self.fail_login(Some(&account), &client_ip, &user_agent, "code_replayed")
-                            .await?;
-                        return Err(status(
-                            tonic::Code::Unauthenticated,
-                            "code_replayed",
-                            "this code was already used",
-                        ));
-                    }
-                    Err(_) => {
-                        self.fail_login(Some(&account), &client_ip, &user_agent, "invalid_code")
-                            .await?;
-                        return Err(status(
-                            tonic::Code::Unauthenticated,
-                            "invalid_code",
-                            "wrong code",
-                        ));
-                    }
-                };
-                if !self
-                    .store
-                    .use_totp_step(&user_id, step as i64)
-                    .await
-                    .map_err(internal)?
-                {
-                    self.fail_login(Some(&account), &client_ip, &user_agent, "code_replayed")
-                        .await?;
-                    return Err(status(
-                        tonic::Code::Unauthenticated,
-                        "code_replayed",
-                        "this code was already used",
-                    ));
-                }
-                "pwd,otp"
-            }
-            (true, false) => {
-                let hash = recovery::hash(&req.recovery_code);
-                if !self
-                    .store
-                    .use_recovery_code(&user_id, &hash)
-                    .await
-                    .map_err(internal)?
-                {
-                    self.fail_login(Some(&account), &client_ip, &user_agent, "invalid_code")
-                        .await?;
-                    return Err(status(
-                        tonic::Code::Unauthenticated,
-                        "invalid_code",
-                        "wrong or used recovery code",
-                    ));
-                }
-                "pwd,recovery"
-            }
+        let totp_given = match (req.code.is_empty(), req.recovery_code.is_empty()) {
+            (false, true) => true,
+            (true, false) => false,
             _ => {
                 return Err(status(
                     tonic::Code::InvalidArgument,
@@ -680,34 +655,94 @@ impl Auth for AuthService {
                 ));
             }
         };
-        self.store
-            .delete_ticket(&ticket_hash)
-            .await
-            .map_err(internal)?;
-        self.store
-            .clear_failures(&user_id)
-            .await
-            .map_err(internal)?;
-        let role = self.role_of(&account).await?;
-        let now = unix_now();
-        let session = SessionRow {
-            session_id: uuid::Uuid::now_v7().to_string(),
-            user_id: user_id.clone(),
-            created_at: now,
-            last_seen_at: now,
-            absolute_expires_at: now + self.settings.session_max.as_secs() as i64,
-            revoked_at: None,
-            client_ip,
-            user_agent,
-            amr: amr.to_owned(),
-        };
         let refresh = random_token();
-        self.store
-            .create_session(&session, &account.email, &token_hash(&refresh))
+        // Checks the code against the account as the transaction read it;
+        // the store then spends it (step or recovery code) in that
+        // transaction. It runs in the store's writer, so it owns what it
+        // needs.
+        let check = {
+            let secrets = self.secrets.clone();
+            let (code, recovery_code) = (req.code, req.recovery_code);
+            move |account: &Account| -> CodeCheck {
+                if !totp_given {
+                    return CodeCheck::Recovery(recovery::hash(&recovery_code));
+                }
+                let Ok(secret) = totp_secret(&secrets, account) else {
+                    return CodeCheck::Unavailable;
+                };
+                let last = u64::try_from(account.totp_last_step).ok();
+                match totp::verify(&secret, &code, unix_now() as u64, last) {
+                    Ok(step) => i64::try_from(step)
+                        .map_or(CodeCheck::Refused("invalid_code"), CodeCheck::TotpStep),
+                    Err(totp::TotpError::Replayed) => CodeCheck::Refused("code_replayed"),
+                    Err(_) => CodeCheck::Refused("invalid_code"),
+                }
+            }
+        };
+        let mut step = MfaStep {
+            ticket_hash: token_hash(&req.mfa_ticket),
+            max_attempts: self.settings.max_code_attempts,
+            fallback_role: None,
+            session_id: uuid::Uuid::now_v7().to_string(),
+            refresh_hash: token_hash(&refresh),
+            session_max: self.settings.session_max.as_secs() as i64,
+            client_ip: client_ip.clone(),
+            user_agent,
+            lockout: self.settings.lockout,
+        };
+        let mut outcome = self
+            .store
+            .login_mfa(&step, check.clone())
             .await
             .map_err(internal)?;
-        tracing::info!(%user_id, session_id = %session.session_id, %amr, "login");
-        Ok(Response::new(self.token_reply(&session, &role, refresh)?))
+        if let MfaOutcome::RoleMissing(user_id) = &outcome {
+            // A ticket from before tickets carried the role: ask, then again.
+            let account = self
+                .store
+                .account(user_id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(invalid_credentials)?;
+            step.fallback_role = Some(self.role_of(&account, None).await?);
+            outcome = self.store.login_mfa(&step, check).await.map_err(internal)?;
+        }
+        match outcome {
+            MfaOutcome::Opened { session, role } => {
+                tracing::info!(user_id = %session.user_id, session_id = %session.session_id, amr = %session.amr, "login");
+                // Signed after the commit: the token names a session that exists.
+                Ok(Response::new(self.token_reply(&session, &role, refresh)?))
+            }
+            MfaOutcome::TicketInvalid | MfaOutcome::RoleMissing(_) => Err(status(
+                tonic::Code::Unauthenticated,
+                "mfa_ticket_invalid",
+                "unknown or expired MFA ticket",
+            )),
+            MfaOutcome::Locked(until) => Err(locked(until - unix_now())),
+            MfaOutcome::Refused {
+                reason,
+                locked_until,
+            } => {
+                if let Some(until) = locked_until {
+                    tracing::warn!(%client_ip, until, "account locked");
+                }
+                Err(match reason {
+                    "code_replayed" => status(
+                        tonic::Code::Unauthenticated,
+                        "code_replayed",
+                        "this code was already used",
+                    ),
+                    _ if totp_given => {
+                        status(tonic::Code::Unauthenticated, "invalid_code", "wrong code")
+                    }
+                    _ => status(
+                        tonic::Code::Unauthenticated,
+                        "invalid_code",
+                        "wrong or used recovery code",
+                    ),
+                })
+            }
+            MfaOutcome::Unavailable => Err(Status::internal("cannot read the TOTP seed")),
+        }
     }
 
     async fn refresh(
@@ -769,7 +804,7 @@ impl Auth for AuthService {
                     "the session has ended",
                 )
             })?;
-        let role = self.role_of(&account).await?;
+        let role = self.role_of(&account, None).await?;
         let refresh = random_token();
         self.store
             .rotate_refresh(&session.session_id, &token_hash(&refresh))

@@ -3,10 +3,16 @@
 //! refresh tokens and recovery codes are stored as SHA-256 hashes (they are
 //! 256-bit random values, so a fast hash is enough), passwords as Argon2id.
 
-use sqlx::Row;
-use trustmesh_events::outbox::record;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::{AnyConnection, Row};
+use trustmesh_events::outbox::record_on;
 use trustmesh_events::{Event, action};
+use trustmesh_store::group_commit::Writer;
 use trustmesh_store::{Db, StoreError};
+
+use crate::lockout::LockoutPolicy;
 
 /// The current time in Unix seconds.
 pub fn unix_now() -> i64 {
@@ -74,6 +80,121 @@ pub enum RefreshUse {
     Reused(String),
 }
 
+/// A failed login attempt, as recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// The account, when the attempt named an existing one.
+    pub account: Option<&'a Account>,
+    /// The client's IP.
+    pub client_ip: &'a str,
+    /// The client's user agent.
+    pub user_agent: &'a str,
+    /// The reason code of the `LOGIN_FAILED` event (`wrong_password`, …).
+    pub reason: &'a str,
+}
+
+/// A [`Failure`] that owns its data, to hand to the writer.
+struct OwnedFailure {
+    account: Option<Account>,
+    client_ip: String,
+    user_agent: String,
+    reason: String,
+}
+
+impl From<&Failure<'_>> for OwnedFailure {
+    fn from(failure: &Failure<'_>) -> Self {
+        Self {
+            account: failure.account.cloned(),
+            client_ip: failure.client_ip.to_owned(),
+            user_agent: failure.user_agent.to_owned(),
+            reason: failure.reason.to_owned(),
+        }
+    }
+}
+
+impl OwnedFailure {
+    fn borrowed(&self) -> Failure<'_> {
+        Failure {
+            account: self.account.as_ref(),
+            client_ip: &self.client_ip,
+            user_agent: &self.user_agent,
+            reason: &self.reason,
+        }
+    }
+}
+
+/// The inputs of [`AuthStore::login_mfa`].
+#[derive(Debug, Clone)]
+pub struct MfaStep {
+    /// The hash of the presented MFA ticket.
+    pub ticket_hash: String,
+    /// Codes allowed per ticket.
+    pub max_attempts: i64,
+    /// The role to use when the ticket carries none (a ticket stored before
+    /// tickets carried the role); `None` makes such a ticket
+    /// [`MfaOutcome::RoleMissing`].
+    pub fallback_role: Option<String>,
+    /// The id of the session to open.
+    pub session_id: String,
+    /// The hash of its first refresh token.
+    pub refresh_hash: String,
+    /// Its absolute lifetime in seconds.
+    pub session_max: i64,
+    /// The client's IP.
+    pub client_ip: String,
+    /// The client's user agent.
+    pub user_agent: String,
+    /// When a refused code locks the account.
+    pub lockout: LockoutPolicy,
+}
+
+/// What the caller of [`AuthStore::login_mfa`] made of the code, given the
+/// account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeCheck {
+    /// A right TOTP code of this time step: spent unless a step at or after
+    /// it was already used (then refused as `code_replayed`).
+    TotpStep(i64),
+    /// A recovery code with this hash: spent if it exists unused, else
+    /// refused as `invalid_code`.
+    Recovery(String),
+    /// Refused without looking further, with this reason code
+    /// (`invalid_code`, `code_replayed`).
+    Refused(&'static str),
+    /// The code cannot be checked (the seed cannot be unsealed): the
+    /// transaction is rolled back.
+    Unavailable,
+}
+
+/// What [`AuthStore::login_mfa`] did.
+#[derive(Debug, Clone)]
+pub enum MfaOutcome {
+    /// The ticket is unknown, expired or out of attempts; nothing written.
+    TicketInvalid,
+    /// The ticket carries no role and no fallback was given; nothing
+    /// written. The ticket's user.
+    RoleMissing(String),
+    /// The account is locked until this instant; the attempt on the ticket
+    /// is counted.
+    Locked(i64),
+    /// The code was refused; the failure is recorded.
+    Refused {
+        /// The reason code (`invalid_code` or `code_replayed`).
+        reason: &'static str,
+        /// When this failure locked the account: until when.
+        locked_until: Option<i64>,
+    },
+    /// The code cannot be checked; nothing written.
+    Unavailable,
+    /// The session is open, with this role for its access tokens.
+    Opened {
+        /// The new session.
+        session: SessionRow,
+        /// The role the ticket carried.
+        role: String,
+    },
+}
+
 const ACCOUNT_COLUMNS: &str =
     "user_id, email, password_hash, totp_sealed, totp_last_step, confirmed";
 const SESSION_COLUMNS: &str = "session_id, user_id, created_at, last_seen_at, \
@@ -109,16 +230,185 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
         .is_some_and(|d| d.is_unique_violation())
 }
 
+/// Records a failure and its `LOGIN_FAILED` event on `conn` (inside a
+/// transaction); when the
+/// account reaches `lockout.max_failures` within the window, locks it and
+/// records `ACCOUNT_LOCKED`. Until when this failure locked the account.
+async fn record_failure_in(
+    conn: &mut AnyConnection,
+    failure: &Failure<'_>,
+    lockout: &LockoutPolicy,
+    now: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    let user_id = failure.account.map(|a| a.user_id.as_str());
+    sqlx::query("INSERT INTO login_failures (id, user_id, client_ip, at) VALUES ($1, $2, $3, $4)")
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(user_id)
+        .bind(failure.client_ip)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    let mut event = Event::new("auth", action::LOGIN_FAILED, user_id.unwrap_or("unknown"))
+        .failed()
+        .from_client(Some(failure.client_ip), Some(failure.user_agent))
+        .details(serde_json::json!({ "reason": failure.reason }));
+    if let Some(account) = failure.account {
+        // The address lets audit warn the account's owner.
+        event = event
+            .by_user(&account.user_id)
+            .details(serde_json::json!({ "reason": failure.reason, "email": account.email }));
+    }
+    record_on(conn, &event).await?;
+    let (Some(user_id), limit) = (user_id, lockout.max_failures) else {
+        return Ok(None);
+    };
+    if limit == 0 {
+        return Ok(None);
+    }
+    let window = i64::try_from(lockout.window.as_secs()).unwrap_or(i64::MAX);
+    let failures: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM login_failures WHERE user_id = $1 AND at >= $2")
+            .bind(user_id)
+            .bind(now.saturating_sub(window))
+            .fetch_one(&mut *conn)
+            .await?;
+    if failures < i64::from(limit) {
+        return Ok(None);
+    }
+    let until = now.saturating_add(i64::try_from(lockout.lock_for.as_secs()).unwrap_or(i64::MAX));
+    // An upsert: two failures locking the account at once both succeed.
+    sqlx::query(
+        "INSERT INTO lockouts (user_id, locked_until) VALUES ($1, $2) \
+         ON CONFLICT (user_id) DO UPDATE SET locked_until = excluded.locked_until",
+    )
+    .bind(user_id)
+    .bind(until)
+    .execute(&mut *conn)
+    .await?;
+    record_on(
+        conn,
+        &Event::new("auth", action::ACCOUNT_LOCKED, user_id)
+            .from_client(Some(failure.client_ip), None)
+            .details(serde_json::json!({"locked_until": until})),
+    )
+    .await?;
+    Ok(Some(until))
+}
+
+/// Inserts a session with its first refresh token and records `LOGIN`.
+async fn insert_session(
+    conn: &mut AnyConnection,
+    row: &SessionRow,
+    email: &str,
+    refresh_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (session_id, user_id, created_at, last_seen_at, \
+         absolute_expires_at, client_ip, user_agent, amr) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&row.session_id)
+    .bind(&row.user_id)
+    .bind(row.created_at)
+    .bind(row.last_seen_at)
+    .bind(row.absolute_expires_at)
+    .bind(&row.client_ip)
+    .bind(&row.user_agent)
+    .bind(&row.amr)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+    )
+    .bind(refresh_hash)
+    .bind(&row.session_id)
+    .bind(row.created_at)
+    .execute(&mut *conn)
+    .await?;
+    record_on(
+        conn,
+        &Event::new("auth", action::LOGIN, &row.user_id)
+            .by_user(&row.user_id)
+            .from_client(Some(&row.client_ip), Some(&row.user_agent))
+            .details(serde_json::json!({
+                "session_id": row.session_id,
+                "amr": row.amr,
+                "email": email,
+            })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// A unit of work's early end (see [`AuthStore::write`]).
+enum Undo<T> {
+    /// Undo what the unit wrote, and answer this.
+    Rollback(T),
+    /// The database failed.
+    Store(StoreError),
+}
+
+impl<T> From<StoreError> for Undo<T> {
+    fn from(e: StoreError) -> Self {
+        Undo::Store(e)
+    }
+}
+
+impl<T> From<sqlx::Error> for Undo<T> {
+    fn from(e: sqlx::Error) -> Self {
+        Undo::Store(e.into())
+    }
+}
+
+/// What a unit of work given to [`AuthStore::write`] returns.
+type Unit<'c, T> = Pin<Box<dyn Future<Output = Result<T, Undo<T>>> + Send + 'c>>;
+
 /// Queries over an auth database.
+///
+/// Every write goes through one [`Writer`]. On SQLite, which has a single
+/// writer and makes each commit durable with an `fsync` of its log
+/// (`synchronous = FULL`), the writes that arrive together (MFA steps,
+/// tickets, registrations, failures) share one transaction and one
+/// `fsync`, each in a savepoint of its own, and nobody hears back before
+/// the commit. Nor do this service's writes meet each other in SQLite's
+/// busy handler any more, which polls a locked database with sleeps of 1,
+/// 2, 5, 10… ms and made most of a write's latency under a burst of logins
+/// (the outbox relay's writes, which do not go through this writer, still
+/// can). On PostgreSQL each write is a transaction of its own, serialised
+/// by the rows it locks.
+///
+/// A unit of work that starts by reading and then writes could find, on
+/// SQLite, that another connection (the relay) wrote in between, and fail
+/// with its whole batch; so every unit starts with a write.
 #[derive(Debug, Clone)]
 pub struct AuthStore {
     db: Db,
+    writer: Writer,
 }
 
 impl AuthStore {
     /// Wraps an open (migrated) database.
     pub fn new(db: Db) -> Self {
-        Self { db }
+        let writer = Writer::new(&db);
+        Self { db, writer }
+    }
+
+    /// The writer every write of this store goes through.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Runs `work` as one unit of the writer: its writes are committed when
+    /// it returns `Ok`, undone when it returns [`Undo::Rollback`] (whose
+    /// answer is returned) or fails.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> Unit<'c, T> + Send + 'static,
+        T: Send + 'static,
+    {
+        match self.writer.run(work).await {
+            Ok(answer) | Err(Undo::Rollback(answer)) => Ok(answer),
+            Err(Undo::Store(e)) => Err(e),
+        }
     }
 
     /// Creates an unconfirmed account and its enrolment token. `Ok(false)`
@@ -130,38 +420,43 @@ impl AuthStore {
         enrollment_hash: &str,
         enrollment_expires_at: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO accounts (user_id, email, password_hash, totp_sealed, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&account.user_id)
-        .bind(&account.email)
-        .bind(&account.password_hash)
-        .bind(&account.totp_sealed)
-        .bind(unix_now())
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        sqlx::query(
-            "INSERT INTO enrollments (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(enrollment_hash)
-        .bind(&account.user_id)
-        .bind(enrollment_expires_at)
-        .execute(&mut *tx)
-        .await?;
-        record(
-            &mut tx,
-            &Event::new("auth", "REGISTER", &account.user_id).by_user(&account.user_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let account = account.clone();
+        let enrollment_hash = enrollment_hash.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let inserted = sqlx::query(
+                    "INSERT INTO accounts (user_id, email, password_hash, totp_sealed, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&account.user_id)
+                .bind(&account.email)
+                .bind(&account.password_hash)
+                .bind(&account.totp_sealed)
+                .bind(unix_now())
+                .execute(&mut *conn)
+                .await;
+                match inserted {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => return Err(Undo::Rollback(false)),
+                    Err(e) => return Err(e.into()),
+                }
+                sqlx::query(
+                    "INSERT INTO enrollments (token_hash, user_id, expires_at) VALUES ($1, $2, $3)",
+                )
+                .bind(&enrollment_hash)
+                .bind(&account.user_id)
+                .bind(enrollment_expires_at)
+                .execute(&mut *conn)
+                .await?;
+                record_on(
+                    conn,
+                    &Event::new("auth", "REGISTER", &account.user_id).by_user(&account.user_id),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     /// The account with this id.
@@ -191,16 +486,22 @@ impl AuthStore {
         token_hash: &str,
         max_attempts: i64,
     ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE enrollments SET attempts = attempts + 1 \
-             WHERE token_hash = $1 AND expires_at > $2 AND attempts < $3 RETURNING user_id",
-        )
-        .bind(token_hash)
-        .bind(unix_now())
-        .bind(max_attempts)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.map(|r| r.try_get("user_id")).transpose()?)
+        let token_hash = token_hash.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let row = sqlx::query(
+                    "UPDATE enrollments SET attempts = attempts + 1 \
+                     WHERE token_hash = $1 AND expires_at > $2 AND attempts < $3 RETURNING user_id",
+                )
+                .bind(&token_hash)
+                .bind(unix_now())
+                .bind(max_attempts)
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(row.map(|r| r.try_get("user_id")).transpose()?)
+            })
+        })
+        .await
     }
 
     /// Confirms an account: records the accepted TOTP step, stores the
@@ -212,145 +513,103 @@ impl AuthStore {
         step: i64,
         recovery_hashes: &[String],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        let done = sqlx::query(
-            "UPDATE accounts SET confirmed = 1, totp_last_step = $1 \
-             WHERE user_id = $2 AND confirmed = 0 AND totp_last_step < $1",
-        )
-        .bind(step)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        for hash in recovery_hashes {
-            sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
-                .bind(user_id)
-                .bind(hash)
-                .execute(&mut *tx)
+        let (user_id, token_hash) = (user_id.to_owned(), token_hash.to_owned());
+        let recovery_hashes = recovery_hashes.to_vec();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE accounts SET confirmed = 1, totp_last_step = $1 \
+                     WHERE user_id = $2 AND confirmed = 0 AND totp_last_step < $1",
+                )
+                .bind(step)
+                .bind(&user_id)
+                .execute(&mut *conn)
                 .await?;
-        }
-        sqlx::query("DELETE FROM enrollments WHERE token_hash = $1")
-            .bind(token_hash)
-            .execute(&mut *tx)
-            .await?;
-        record(
-            &mut tx,
-            &Event::new("auth", "MFA_ENROLLED", user_id).by_user(user_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Records `step` as the last TOTP step used, only if it is newer than
-    /// the stored one: `false` means the code was already used (replay).
-    pub async fn use_totp_step(&self, user_id: &str, step: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE accounts SET totp_last_step = $1 WHERE user_id = $2 AND totp_last_step < $1",
-        )
-        .bind(step)
-        .bind(user_id)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Spends a recovery code (by hash): `false` if unknown or already used.
-    pub async fn use_recovery_code(
-        &self,
-        user_id: &str,
-        code_hash: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE recovery_codes SET used_at = $1 \
-             WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
-        )
-        .bind(unix_now())
-        .bind(user_id)
-        .bind(code_hash)
-        .execute(self.db.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                for hash in &recovery_hashes {
+                    sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+                        .bind(&user_id)
+                        .bind(hash)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                sqlx::query("DELETE FROM enrollments WHERE token_hash = $1")
+                    .bind(&token_hash)
+                    .execute(&mut *conn)
+                    .await?;
+                record_on(
+                    conn,
+                    &Event::new("auth", "MFA_ENROLLED", &user_id).by_user(&user_id),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     /// Changes the email and records `EMAIL_CHANGED`; `Ok(false)` when the
     /// new email belongs to another account.
     pub async fn set_email(&self, user_id: &str, email: &str) -> Result<bool, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        let updated = sqlx::query("UPDATE accounts SET email = $1 WHERE user_id = $2")
-            .bind(email)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await;
-        match updated {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-        record(
-            &mut tx,
-            &Event::new("auth", "EMAIL_CHANGED", user_id).by_user(user_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        let (user_id, email) = (user_id.to_owned(), email.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let updated = sqlx::query("UPDATE accounts SET email = $1 WHERE user_id = $2")
+                    .bind(&email)
+                    .bind(&user_id)
+                    .execute(&mut *conn)
+                    .await;
+                match updated {
+                    Ok(_) => {}
+                    Err(e) if is_unique_violation(&e) => return Err(Undo::Rollback(false)),
+                    Err(e) => return Err(e.into()),
+                }
+                record_on(
+                    conn,
+                    &Event::new("auth", "EMAIL_CHANGED", &user_id).by_user(&user_id),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     /// Replaces the password hash.
     pub async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE accounts SET password_hash = $1 WHERE user_id = $2")
-            .bind(phc)
-            .bind(user_id)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
+        let (user_id, phc) = (user_id.to_owned(), phc.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE accounts SET password_hash = $1 WHERE user_id = $2")
+                    .bind(&phc)
+                    .bind(&user_id)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
-    /// Records a failed login (for the account if known, and the IP).
+    /// Records a failed login (for the account if known, and the IP) with
+    /// its `LOGIN_FAILED` event and, when the account reaches the lockout
+    /// limit, locks it (`ACCOUNT_LOCKED`), in one transaction. The instant
+    /// the account is locked until, if this failure locked it.
     pub async fn record_failure(
         &self,
-        account: Option<&Account>,
-        client_ip: &str,
-        user_agent: &str,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        let user_id = account.map(|a| a.user_id.as_str());
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO login_failures (id, user_id, client_ip, at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(uuid::Uuid::now_v7().to_string())
-        .bind(user_id)
-        .bind(client_ip)
-        .bind(unix_now())
-        .execute(&mut *tx)
-        .await?;
-        let mut event = Event::new("auth", action::LOGIN_FAILED, user_id.unwrap_or("unknown"))
-            .failed()
-            .from_client(Some(client_ip), Some(user_agent))
-            .details(serde_json::json!({ "reason": reason }));
-        if let Some(account) = account {
-            // The address lets audit warn the account's owner.
-            event = event
-                .by_user(&account.user_id)
-                .details(serde_json::json!({ "reason": reason, "email": account.email }));
-        }
-        record(&mut tx, &event).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Failed logins of an account since `since`.
-    pub async fn failures_for_user(&self, user_id: &str, since: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM login_failures WHERE user_id = $1 AND at >= $2",
-        )
-        .bind(user_id)
-        .bind(since)
-        .fetch_one(self.db.pool())
-        .await?)
+        failure: &Failure<'_>,
+        lockout: &LockoutPolicy,
+    ) -> Result<Option<i64>, StoreError> {
+        let failure = OwnedFailure::from(failure);
+        let lockout = *lockout;
+        self.write(move |conn| {
+            Box::pin(async move {
+                Ok(record_failure_in(conn, &failure.borrowed(), &lockout, unix_now()).await?)
+            })
+        })
+        .await
     }
 
     /// Failed logins from an IP since `since`, across accounts.
@@ -364,15 +623,6 @@ impl AuthStore {
         .await?)
     }
 
-    /// Forgets an account's failures (after a successful login).
-    pub async fn clear_failures(&self, user_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM login_failures WHERE user_id = $1")
-            .bind(user_id)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
-    }
-
     /// Until when the account is locked, if it is at `now`.
     pub async fn locked_until(&self, user_id: &str, now: i64) -> Result<Option<i64>, StoreError> {
         let until: Option<i64> =
@@ -383,118 +633,56 @@ impl AuthStore {
         Ok(until.filter(|until| *until > now))
     }
 
-    /// Locks the account until `until` and records `ACCOUNT_LOCKED`.
-    pub async fn lock(&self, user_id: &str, until: i64, client_ip: &str) -> Result<(), StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query("DELETE FROM lockouts WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO lockouts (user_id, locked_until) VALUES ($1, $2)")
-            .bind(user_id)
-            .bind(until)
-            .execute(&mut *tx)
-            .await?;
-        record(
-            &mut tx,
-            &Event::new("auth", action::ACCOUNT_LOCKED, user_id)
-                .from_client(Some(client_ip), None)
-                .details(serde_json::json!({"locked_until": until})),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Stores an MFA ticket (by hash).
+    /// Stores an MFA ticket (by hash) with the role its session will carry
+    /// (see [`Self::login_mfa`]).
     pub async fn create_ticket(
         &self,
         hash: &str,
         user_id: &str,
+        role: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO mfa_tickets (ticket_hash, user_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(hash)
-        .bind(user_id)
-        .bind(expires_at)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
+        let (hash, user_id, role) = (hash.to_owned(), user_id.to_owned(), role.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO mfa_tickets (ticket_hash, user_id, expires_at, role) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(&hash)
+                .bind(&user_id)
+                .bind(expires_at)
+                .bind(&role)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
-    /// Counts an attempt on a ticket; its user if live and under the limit.
-    pub async fn ticket_attempt(
-        &self,
-        hash: &str,
-        max_attempts: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query(
-            "UPDATE mfa_tickets SET attempts = attempts + 1 \
-             WHERE ticket_hash = $1 AND expires_at > $2 AND attempts < $3 RETURNING user_id",
-        )
-        .bind(hash)
-        .bind(unix_now())
-        .bind(max_attempts)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.map(|r| r.try_get("user_id")).transpose()?)
-    }
-
-    /// Removes a ticket (used once).
-    pub async fn delete_ticket(&self, hash: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM mfa_tickets WHERE ticket_hash = $1")
-            .bind(hash)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Opens a session with its first refresh token and records `LOGIN`.
-    pub async fn create_session(
-        &self,
-        row: &SessionRow,
-        email: &str,
-        refresh_hash: &str,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO sessions (session_id, user_id, created_at, last_seen_at, \
-             absolute_expires_at, client_ip, user_agent, amr) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&row.session_id)
-        .bind(&row.user_id)
-        .bind(row.created_at)
-        .bind(row.last_seen_at)
-        .bind(row.absolute_expires_at)
-        .bind(&row.client_ip)
-        .bind(&row.user_agent)
-        .bind(&row.amr)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
-        )
-        .bind(refresh_hash)
-        .bind(&row.session_id)
-        .bind(row.created_at)
-        .execute(&mut *tx)
-        .await?;
-        record(
-            &mut tx,
-            &Event::new("auth", action::LOGIN, &row.user_id)
-                .by_user(&row.user_id)
-                .from_client(Some(&row.client_ip), Some(&row.user_agent))
-                .details(serde_json::json!({
-                    "session_id": row.session_id,
-                    "amr": row.amr,
-                    "email": email,
-                })),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+    /// The second login step, in one transaction: counts an attempt on the
+    /// ticket, reads the account and its lock, asks `check` about the code,
+    /// spends the TOTP step or recovery code, and then either opens the
+    /// session (ticket consumed, failures forgotten, session, first refresh
+    /// token and `LOGIN` event) or records the failure (`LOGIN_FAILED`, and
+    /// the lock when it is the last one allowed). The outcome exists if and
+    /// only if the transaction committed.
+    ///
+    /// Concurrent steps are serialised by the rows they change: the ticket
+    /// row (one ticket opens at most one session), the account's last TOTP
+    /// step and the recovery code (a code opens at most one session; the
+    /// loser is refused as a replay). On SQLite the steps run one after the
+    /// other in the writer; on PostgreSQL the ticket row is locked by the
+    /// first statement, and a step waiting for it sees what the first one
+    /// did (ticket gone, or one attempt more).
+    pub async fn login_mfa<F>(&self, step: &MfaStep, check: F) -> Result<MfaOutcome, StoreError>
+    where
+        F: FnOnce(&Account) -> CodeCheck + Send + 'static,
+    {
+        let step = step.clone();
+        self.write(move |conn| Box::pin(async move { mfa_in(conn, &step, check).await }))
+            .await
     }
 
     /// A session by id.
@@ -521,88 +709,99 @@ impl AuthStore {
 
     /// Spends a refresh token: marks it used if it was fresh.
     pub async fn use_refresh_token(&self, hash: &str) -> Result<RefreshUse, StoreError> {
-        let Some(row) =
-            sqlx::query("SELECT session_id, used_at FROM refresh_tokens WHERE token_hash = $1")
-                .bind(hash)
-                .fetch_optional(self.db.pool())
-                .await?
-        else {
-            return Ok(RefreshUse::Unknown);
-        };
-        let session_id: String = row.try_get("session_id")?;
-        let used_at: Option<i64> = row.try_get("used_at")?;
-        if used_at.is_some() {
-            return Ok(RefreshUse::Reused(session_id));
-        }
-        let done = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = $1 WHERE token_hash = $2 AND used_at IS NULL",
-        )
-        .bind(unix_now())
-        .bind(hash)
-        .execute(self.db.pool())
-        .await?;
-        // Lost a race with a concurrent use of the same token: that is reuse.
-        Ok(if done.rows_affected() == 1 {
-            RefreshUse::Fresh(session_id)
-        } else {
-            RefreshUse::Reused(session_id)
+        let hash = hash.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                // Spend it first (a write first: see the type's documentation).
+                let spent = sqlx::query(
+                    "UPDATE refresh_tokens SET used_at = $1 \
+                     WHERE token_hash = $2 AND used_at IS NULL RETURNING session_id",
+                )
+                .bind(unix_now())
+                .bind(&hash)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if let Some(row) = spent {
+                    return Ok(RefreshUse::Fresh(row.try_get("session_id")?));
+                }
+                // Already spent (also when a concurrent use of the same token
+                // won the race: that is reuse too), or unknown.
+                let session_id: Option<String> = sqlx::query_scalar(
+                    "SELECT session_id FROM refresh_tokens WHERE token_hash = $1",
+                )
+                .bind(&hash)
+                .fetch_optional(&mut *conn)
+                .await?;
+                Ok(session_id.map_or(RefreshUse::Unknown, RefreshUse::Reused))
+            })
         })
+        .await
     }
 
     /// Issues the next refresh token of a session and marks it seen now.
     pub async fn rotate_refresh(&self, session_id: &str, new_hash: &str) -> Result<(), StoreError> {
-        let now = unix_now();
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
-        )
-        .bind(new_hash)
-        .bind(session_id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE session_id = $2")
-            .bind(now)
-            .bind(session_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let (session_id, new_hash) = (session_id.to_owned(), new_hash.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let now = unix_now();
+                sqlx::query(
+                    "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(&new_hash)
+                .bind(&session_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("UPDATE sessions SET last_seen_at = $1 WHERE session_id = $2")
+                    .bind(now)
+                    .bind(&session_id)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Revokes one session (no-op if already revoked) and records why.
     pub async fn revoke_session(&self, session_id: &str, reason: &str) -> Result<bool, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        let done = sqlx::query(
-            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-             WHERE session_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(unix_now())
-        .bind(reason)
-        .bind(session_id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            let action = if reason == "logout" {
-                "LOGOUT"
-            } else {
-                "SESSION_REVOKED"
-            };
-            let user_id: String =
-                sqlx::query_scalar("SELECT user_id FROM sessions WHERE session_id = $1")
-                    .bind(session_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            record(
-                &mut tx,
-                &Event::new("auth", action, session_id)
-                    .by_user(user_id)
-                    .details(serde_json::json!({"reason": reason})),
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        let (session_id, reason) = (session_id.to_owned(), reason.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE session_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(unix_now())
+                .bind(&reason)
+                .bind(&session_id)
+                .execute(&mut *conn)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                let action = if reason == "logout" {
+                    "LOGOUT"
+                } else {
+                    "SESSION_REVOKED"
+                };
+                let user_id: String =
+                    sqlx::query_scalar("SELECT user_id FROM sessions WHERE session_id = $1")
+                        .bind(&session_id)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                record_on(
+                    conn,
+                    &Event::new("auth", action, &session_id)
+                        .by_user(user_id)
+                        .details(serde_json::json!({"reason": reason})),
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
     }
 
     /// Changes the password and revokes every other session of the user,
@@ -613,60 +812,188 @@ impl AuthStore {
         phc: &str,
         keep_session: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query("UPDATE accounts SET password_hash = $1 WHERE user_id = $2")
-            .bind(phc)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $1, revoked_reason = 'password_change' \
-             WHERE user_id = $2 AND session_id <> $3 AND revoked_at IS NULL",
-        )
-        .bind(unix_now())
-        .bind(user_id)
-        .bind(keep_session)
-        .execute(&mut *tx)
-        .await?;
-        record(
-            &mut tx,
-            &Event::new("auth", "PASSWORD_CHANGE", user_id).by_user(user_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let (user_id, phc) = (user_id.to_owned(), phc.to_owned());
+        let keep_session = keep_session.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE accounts SET password_hash = $1 WHERE user_id = $2")
+                    .bind(&phc)
+                    .bind(&user_id)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = 'password_change' \
+                     WHERE user_id = $2 AND session_id <> $3 AND revoked_at IS NULL",
+                )
+                .bind(unix_now())
+                .bind(&user_id)
+                .bind(&keep_session)
+                .execute(&mut *conn)
+                .await?;
+                record_on(
+                    conn,
+                    &Event::new("auth", "PASSWORD_CHANGE", &user_id).by_user(&user_id),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Deletes an account with all it owns; its sessions end at once.
     pub async fn delete_account(&self, user_id: &str) -> Result<bool, StoreError> {
-        let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "UPDATE sessions SET revoked_at = $1, revoked_reason = 'account_deleted' \
-             WHERE user_id = $2 AND revoked_at IS NULL",
-        )
-        .bind(unix_now())
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
-        for sql in [
-            "DELETE FROM recovery_codes WHERE user_id = $1",
-            "DELETE FROM enrollments WHERE user_id = $1",
-            "DELETE FROM mfa_tickets WHERE user_id = $1",
-            "DELETE FROM lockouts WHERE user_id = $1",
-            "DELETE FROM login_failures WHERE user_id = $1",
-        ] {
-            sqlx::query(sql).bind(user_id).execute(&mut *tx).await?;
-        }
-        let done = sqlx::query("DELETE FROM accounts WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        record(
-            &mut tx,
-            &Event::new("auth", "ACCOUNT_DELETED", user_id).by_user(user_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(done.rows_affected() == 1)
+        let user_id = user_id.to_owned();
+        self.write(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = 'account_deleted' \
+                     WHERE user_id = $2 AND revoked_at IS NULL",
+                )
+                .bind(unix_now())
+                .bind(&user_id)
+                .execute(&mut *conn)
+                .await?;
+                for sql in [
+                    "DELETE FROM recovery_codes WHERE user_id = $1",
+                    "DELETE FROM enrollments WHERE user_id = $1",
+                    "DELETE FROM mfa_tickets WHERE user_id = $1",
+                    "DELETE FROM lockouts WHERE user_id = $1",
+                    "DELETE FROM login_failures WHERE user_id = $1",
+                ] {
+                    sqlx::query(sql).bind(&user_id).execute(&mut *conn).await?;
+                }
+                let done = sqlx::query("DELETE FROM accounts WHERE user_id = $1")
+                    .bind(&user_id)
+                    .execute(&mut *conn)
+                    .await?;
+                record_on(
+                    conn,
+                    &Event::new("auth", "ACCOUNT_DELETED", &user_id).by_user(&user_id),
+                )
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+        })
+        .await
     }
+}
+
+/// The MFA step inside the writer's transaction (see [`AuthStore::login_mfa`]).
+async fn mfa_in<F>(
+    conn: &mut AnyConnection,
+    step: &MfaStep,
+    check: F,
+) -> Result<MfaOutcome, Undo<MfaOutcome>>
+where
+    F: FnOnce(&Account) -> CodeCheck,
+{
+    let now = unix_now();
+    let Some(ticket) = sqlx::query(
+        "UPDATE mfa_tickets SET attempts = attempts + 1 \
+         WHERE ticket_hash = $1 AND expires_at > $2 AND attempts < $3 \
+         RETURNING user_id, role",
+    )
+    .bind(&step.ticket_hash)
+    .bind(now)
+    .bind(step.max_attempts)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(MfaOutcome::TicketInvalid);
+    };
+    let user_id: String = ticket.try_get("user_id")?;
+    let mut role: String = ticket.try_get("role")?;
+    if role.is_empty() {
+        match &step.fallback_role {
+            Some(fallback) => fallback.clone_into(&mut role),
+            // The caller asks for the role and comes back.
+            None => return Err(Undo::Rollback(MfaOutcome::RoleMissing(user_id))),
+        }
+    }
+    // The account, its lock and whether it has failures to forget, in one
+    // statement.
+    let sql = format!(
+        "SELECT {ACCOUNT_COLUMNS}, \
+         (SELECT locked_until FROM lockouts l WHERE l.user_id = a.user_id) AS locked_until, \
+         (SELECT COUNT(*) FROM login_failures f WHERE f.user_id = a.user_id) AS failures \
+         FROM accounts a WHERE a.user_id = $1"
+    );
+    let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Err(Undo::Rollback(MfaOutcome::TicketInvalid));
+    };
+    let account = account(&row)?;
+    let locked_until: Option<i64> = row.try_get("locked_until")?;
+    let failures: i64 = row.try_get("failures")?;
+    if let Some(until) = locked_until.filter(|until| *until > now) {
+        // The attempt on the ticket still counts.
+        return Ok(MfaOutcome::Locked(until));
+    }
+    let (spent, amr, refused_as) = match check(&account) {
+        CodeCheck::TotpStep(totp_step) => {
+            let done = sqlx::query(
+                "UPDATE accounts SET totp_last_step = $1 \
+                 WHERE user_id = $2 AND totp_last_step < $1",
+            )
+            .bind(totp_step)
+            .bind(&user_id)
+            .execute(&mut *conn)
+            .await?;
+            (done.rows_affected() == 1, "pwd,otp", "code_replayed")
+        }
+        CodeCheck::Recovery(code_hash) => {
+            let done = sqlx::query(
+                "UPDATE recovery_codes SET used_at = $1 \
+                 WHERE user_id = $2 AND code_hash = $3 AND used_at IS NULL",
+            )
+            .bind(now)
+            .bind(&user_id)
+            .bind(&code_hash)
+            .execute(&mut *conn)
+            .await?;
+            (done.rows_affected() == 1, "pwd,recovery", "invalid_code")
+        }
+        CodeCheck::Refused(reason) => (false, "", reason),
+        CodeCheck::Unavailable => return Err(Undo::Rollback(MfaOutcome::Unavailable)),
+    };
+    if !spent {
+        let failure = Failure {
+            account: Some(&account),
+            client_ip: &step.client_ip,
+            user_agent: &step.user_agent,
+            reason: refused_as,
+        };
+        let locked = record_failure_in(conn, &failure, &step.lockout, now).await?;
+        return Ok(MfaOutcome::Refused {
+            reason: refused_as,
+            locked_until: locked,
+        });
+    }
+    sqlx::query("DELETE FROM mfa_tickets WHERE ticket_hash = $1")
+        .bind(&step.ticket_hash)
+        .execute(&mut *conn)
+        .await?;
+    if failures > 0 {
+        sqlx::query("DELETE FROM login_failures WHERE user_id = $1")
+            .bind(&user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let session = SessionRow {
+        session_id: step.session_id.clone(),
+        user_id,
+        created_at: now,
+        last_seen_at: now,
+        absolute_expires_at: now + step.session_max,
+        revoked_at: None,
+        client_ip: step.client_ip.clone(),
+        user_agent: step.user_agent.clone(),
+        amr: amr.to_owned(),
+    };
+    insert_session(conn, &session, &account.email, &step.refresh_hash).await?;
+    Ok(MfaOutcome::Opened { session, role })
 }

@@ -1,0 +1,153 @@
+//! Argon2id off the async threads: a few dedicated threads, one per core,
+//! that run at the lowest CPU priority.
+//!
+//! A password hash takes about 17 ms of one core by design, and a burst of
+//! logins keeps every hashing thread busy. At the normal priority the
+//! hashes hold the cores against everything else the machine does (the MFA
+//! step, token refreshes, the gateway, the other services): each wake-up of
+//! that work, and a request makes dozens, could wait for a hash's time
+//! slice, and the non-hashing part of a login took several times its
+//! unloaded latency. At [`HASH_NICE`] (about 1.5 % of the weight of a
+//! normal thread) the scheduler runs that work ahead of the hashes, and the
+//! hashes still get every cycle nobody else wants: their throughput on an
+//! otherwise idle machine is unchanged. The flip side: on a machine kept
+//! busy by other work, logins slow down before anything else does.
+//!
+//! The pool has as many threads as it may run hashes at once (one per core
+//! by default), and jobs wait in one first-come-first-served queue, so a
+//! burst queues for the hasher instead of taking every core. A job whose
+//! caller has gone away (a cancelled request) is skipped.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, mpsc};
+
+/// The nice value of the hashing threads (19, the lowest priority).
+pub const HASH_NICE: i32 = 19;
+
+/// Errors of [`HashPool::run`].
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// The job panicked, or the pool's threads are gone.
+    #[error("the hashing job did not complete")]
+    Lost,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Dedicated low-priority threads for CPU-heavy jobs (password hashing).
+#[derive(Debug, Clone)]
+pub struct HashPool {
+    queue: mpsc::Sender<Job>,
+}
+
+impl HashPool {
+    /// Starts `threads` threads (at least one) at nice `nice`. When the
+    /// priority cannot be lowered (outside Linux, for example) the threads
+    /// run at the normal priority and a warning says so.
+    pub fn new(threads: usize, nice: i32) -> std::io::Result<Self> {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for n in 0..threads.max(1) {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2id-{n}"))
+                .spawn(move || worker(&jobs, nice))?;
+        }
+        Ok(Self { queue })
+    }
+
+    /// One thread per core at [`HASH_NICE`].
+    pub fn per_core() -> std::io::Result<Self> {
+        Self::new(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            HASH_NICE,
+        )
+    }
+
+    /// Runs `job` on a pool thread, after the jobs queued before it.
+    pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if reply.is_closed() {
+                return;
+            }
+            let _ = reply.send(job());
+        });
+        self.queue.send(job).map_err(|_| PoolError::Lost)?;
+        answer.await.map_err(|_| PoolError::Lost)
+    }
+}
+
+fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, nice: i32) {
+    // On Linux the nice value belongs to the thread: `None` is this one.
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        tracing::warn!(error = %e, nice, "cannot lower the priority of a hashing thread");
+    }
+    loop {
+        let job = match jobs.lock() {
+            Ok(jobs) => jobs.recv(),
+            Err(_) => return,
+        };
+        let Ok(job) = job else {
+            // Every sender is gone: the service has stopped.
+            return;
+        };
+        // A panicking job drops its reply (its caller gets `Lost`); the
+        // thread goes on with the next one.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn runs_jobs_at_low_priority_and_survives_a_panic() {
+        let pool = HashPool::new(2, HASH_NICE).unwrap();
+        let nice = pool
+            .run(|| rustix::process::getpriority_process(None).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(nice, HASH_NICE);
+        let name = pool
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("argon2id-"));
+        let lost = pool.run(|| -> u32 { panic!("boom") }).await;
+        assert!(matches!(lost, Err(PoolError::Lost)));
+        let results = futures_join(&pool, (0..8).map(|i| move || i * 2).collect::<Vec<_>>()).await;
+        assert_eq!(results, (0..8).map(|i| i * 2).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn the_callers_thread_keeps_its_priority() {
+        let before = rustix::process::getpriority_process(None).unwrap();
+        let pool = HashPool::new(1, HASH_NICE).unwrap();
+        pool.run(|| ()).await.unwrap();
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+    }
+
+    async fn futures_join(
+        pool: &HashPool,
+        jobs: Vec<impl FnOnce() -> i32 + Send + 'static>,
+    ) -> Vec<i32> {
+        let mut handles = Vec::new();
+        for job in jobs {
+            let pool = pool.clone();
+            handles.push(tokio::spawn(async move { pool.run(job).await.unwrap() }));
+        }
+        let mut out = Vec::new();
+        for handle in handles {
+            out.push(handle.await.unwrap());
+        }
+        out
+    }
+}
