@@ -62,6 +62,43 @@ pub async fn record_on(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<
     Ok(())
 }
 
+/// Appends every event of `events` to the outbox on `conn`, which is inside
+/// a transaction, with as few multi-row `INSERT`s as the back-end's
+/// parameter limit allows (one for up to 2,730 events): they are shipped
+/// if and only if that transaction commits. The batch counterpart of
+/// [`record_on`].
+pub async fn record_all_on(
+    conn: &mut sqlx::AnyConnection,
+    events: &[Event],
+) -> Result<(), sqlx::Error> {
+    const COLUMNS: usize = 12;
+    let backend = trustmesh_store::sql::backend_of(conn).unwrap_or(Backend::Postgres);
+    for chunk in events.chunks(trustmesh_store::sql::max_rows(COLUMNS)) {
+        let sql = format!(
+            "INSERT INTO outbox ({OUTBOX_COLUMNS}) VALUES {}",
+            trustmesh_store::sql::rows(backend, chunk.len(), COLUMNS, 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for event in chunk {
+            query = query
+                .bind(&event.id)
+                .bind(&event.time)
+                .bind(&event.service)
+                .bind(&event.action)
+                .bind(event.status.as_str())
+                .bind(event.actor.user_id.as_deref())
+                .bind(event.actor.spiffe_id.as_deref())
+                .bind(&event.target)
+                .bind(event.client_ip.as_deref())
+                .bind(event.user_agent.as_deref())
+                .bind(event.request_id.as_deref())
+                .bind(event.details.to_string());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// A service's outbox: the table plus a wake-up for its relay.
 #[derive(Clone, Debug)]
 pub struct Outbox {

@@ -27,6 +27,7 @@ use sqlx::{AnyPool, Executor};
 pub use sqlx;
 
 pub mod group_commit;
+pub mod sql;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -176,20 +177,29 @@ impl Db {
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(10));
         let pool = match backend {
-            Backend::Sqlite => options
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-                             PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
-                        )
-                        .await?;
-                        Ok(())
+            Backend::Sqlite => {
+                let pool = options
+                    // A file on this machine: a connection does not go stale,
+                    // and the ping would cost a round trip to sqlx's worker
+                    // thread on every query.
+                    .test_before_acquire(false)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                                 PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; \
+                                 PRAGMA wal_autocheckpoint = 0;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
                     })
-                })
-                .connect(&url)
-                .await
-                .map_err(connect_error)?,
+                    .connect(&url)
+                    .await
+                    .map_err(connect_error)?;
+                spawn_checkpointer(pool.clone(), service.clone());
+                pool
+            }
             Backend::Postgres => {
                 let create = format!("CREATE SCHEMA IF NOT EXISTS \"{service}\"");
                 let bootstrap = AnyPoolOptions::new()
@@ -258,6 +268,39 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// How often the SQLite log is copied back into the database file.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// Checkpoints the SQLite database of `pool` every [`CHECKPOINT_EVERY`]
+/// until the pool is closed.
+///
+/// SQLite's own automatic checkpoint runs inside the commit that finds the
+/// log over a thousand pages: that commit, and every write queued behind
+/// it, waits while pages are copied and the database file is `fsync`ed,
+/// several milliseconds. So every connection turns it off
+/// (`wal_autocheckpoint = 0`) and this task runs a `PASSIVE` checkpoint on a
+/// connection of its own instead: it takes no write lock, so writers go on
+/// appending to the log meanwhile, and SQLite starts the log over from its
+/// beginning once a checkpoint has copied all of it.
+fn spawn_checkpointer(pool: AnyPool, service: String) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if pool.is_closed() {
+                return;
+            }
+            if let Err(e) = pool.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(%service, error = %e, "WAL checkpoint failed; retrying");
+            }
+        }
+    });
 }
 
 /// The URL with any password replaced, for error messages and logs.

@@ -92,3 +92,53 @@ async fn rejects_bad_names_and_urls() {
     assert!(err.contains("unsupported"), "{err}");
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
+
+/// SQLite's automatic checkpoint is off on every pooled connection (it
+/// would run inside a commit); the background checkpointer copies the log
+/// into the database file instead.
+#[tokio::test]
+async fn sqlite_log_is_checkpointed_in_the_background() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        service: "notes".into(),
+        data_dir: dir.path().to_path_buf(),
+        url: None,
+        max_connections: 2,
+    };
+    let db = Db::connect(&config).await.expect("connect");
+    db.migrate(&SQLITE, &POSTGRES).await.expect("migrate");
+    let auto: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+        .fetch_one(db.pool())
+        .await
+        .expect("pragma");
+    assert_eq!(auto, 0, "automatic checkpoints are off");
+
+    let file = dir.path().join("notes.db");
+    let before = std::fs::metadata(&file).expect("database file").len();
+    // About 2 MiB, in one transaction: into the log, not the file.
+    let mut tx = db.pool().begin().await.expect("begin");
+    for n in 0..512 {
+        sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, $2, $3)")
+            .bind(format!("n{n}"))
+            .bind("x".repeat(4096))
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .expect("insert");
+    }
+    tx.commit().await.expect("commit");
+
+    let deadline = std::time::Instant::now() + trustmesh_store::CHECKPOINT_EVERY * 10;
+    loop {
+        let now = std::fs::metadata(&file).expect("database file").len();
+        if now >= before + 2 * 1024 * 1024 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log was not checkpointed: the file grew from {before} to {now} bytes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    db.close().await;
+}

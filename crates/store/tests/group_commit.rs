@@ -1,10 +1,12 @@
 //! The group-commit writer on both real back-ends: concurrent units of work
 //! are each kept or rolled back on their own, and a caller hears back only
-//! once its writes are committed (visible to another connection).
+//! once its writes are committed (visible to another connection); a batch
+//! handler's requests are handled set-based, or one by one when that fails.
 
+use futures::future::BoxFuture;
 use sqlx::migrate::Migrator;
-use trustmesh_store::group_commit::Writer;
-use trustmesh_store::{Backend, Db, StoreConfig, StoreError};
+use trustmesh_store::group_commit::{BatchHandler, BatchOutcome, BatchWriter, Writer};
+use trustmesh_store::{Backend, Db, StoreConfig, StoreError, sql};
 
 static SQLITE: Migrator = sqlx::migrate!("tests/migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
@@ -190,4 +192,133 @@ async fn sqlite_batches_concurrent_units() {
     );
     drop(writer);
     close(db).await;
+}
+
+/// Inserts notes set-based; a note named `poison` fails the set-based
+/// attempt, and alone it is refused.
+struct Notes;
+
+impl BatchHandler for Notes {
+    type Item = (String, i64);
+    type Output = usize;
+    type Error = NoteError;
+
+    fn run_batch<'a>(
+        &'a self,
+        conn: &'a mut sqlx::AnyConnection,
+        items: &'a [(String, i64)],
+    ) -> BoxFuture<'a, BatchOutcome<usize, NoteError>> {
+        Box::pin(async move {
+            let backend = sql::backend_of(conn).expect("a known back-end");
+            let insert = format!(
+                "INSERT INTO notes (id, body, amount) VALUES {}",
+                sql::rows(backend, items.len(), 3, 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(insert));
+            for (id, amount) in items {
+                query = query.bind(id).bind("set").bind(*amount);
+            }
+            query.execute(&mut *conn).await.map_err(StoreError::from)?;
+            if items.iter().any(|(id, _)| id == "poison") {
+                return Err(NoteError::Refused);
+            }
+            Ok(items.iter().map(|_| Ok(items.len())).collect())
+        })
+    }
+
+    fn run_one<'a>(
+        &'a self,
+        conn: &'a mut sqlx::AnyConnection,
+        item: &'a (String, i64),
+    ) -> BoxFuture<'a, Result<usize, NoteError>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, 'one', $2)")
+                .bind(&item.0)
+                .bind(item.1)
+                .execute(&mut *conn)
+                .await
+                .map_err(StoreError::from)?;
+            if item.0 == "poison" {
+                return Err(NoteError::Refused);
+            }
+            Ok(1)
+        })
+    }
+}
+
+/// Why a note was refused.
+#[derive(Debug, thiserror::Error)]
+enum NoteError {
+    #[error("refused")]
+    Refused,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Submitted requests are handled set-based, in batches; a batch whose
+/// set-based attempt fails is rolled back and run one by one, so only the
+/// bad request is refused. Plain units share the queue.
+async fn batch_handler_falls_back_one_by_one(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(backend, dir.path()).await;
+    let writer = BatchWriter::new(&db, Notes);
+    let mut tasks = Vec::new();
+    for n in 0..300i64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = if n == 150 {
+                "poison".to_owned()
+            } else {
+                format!("n{n}")
+            };
+            (n, writer.submit((id, n)).await)
+        }));
+    }
+    let unit = writer
+        .writer()
+        .run(|conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO notes (id, body, amount) VALUES ('unit', 'u', 0)")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok::<_, UnitError>(())
+            })
+        })
+        .await;
+    assert!(unit.is_ok(), "{unit:?}");
+    let mut batched = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            (150, Err(NoteError::Refused)) => {}
+            (n, Ok(size)) if n != 150 => batched += usize::from(size > 1),
+            (n, other) => panic!("request {n}: {other:?}"),
+        }
+    }
+    assert_eq!(count(&db, "n%").await, 299);
+    assert_eq!(
+        count(&db, "poison").await,
+        0,
+        "a refused request left a row"
+    );
+    assert_eq!(count(&db, "unit").await, 1);
+    let stats = writer.stats();
+    assert_eq!(stats.units, 301);
+    assert!(stats.batches < stats.units, "{stats:?}");
+    assert!(
+        stats.fallbacks >= 1,
+        "the poisoned batch did not fall back: {stats:?}"
+    );
+    assert!(batched > 0, "no request was handled set-based");
+    drop(writer);
+    close(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_batch_handler_falls_back_one_by_one() {
+    batch_handler_falls_back_one_by_one(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_batch_handler_falls_back_one_by_one() {
+    batch_handler_falls_back_one_by_one(Backend::Postgres).await;
 }

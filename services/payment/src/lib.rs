@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use spiffe::X509Source;
-use trustmesh_events::Pipeline;
+use trustmesh_events::{Outbox, Pipeline};
 use trustmesh_policy::{PolicyEngine, SubjectResolver};
 use trustmesh_proto::trustmesh::payment::v1::payment_server::PaymentServer;
 use trustmesh_runtime::{
@@ -88,14 +88,18 @@ pub async fn start(
     let directory = Directory::new(&config.data_dir);
     let wallet = mesh.service_channel(&directory, "wallet")?;
     let metrics = MetricsRegistry::new();
-    let events = Pipeline::start(&db, &mesh, &directory, &metrics, &shutdown)?;
+    let store = PaymentStore::new(db.clone());
+    // The relay's writes go through the store's writer: on SQLite they then
+    // never stall a payment in the busy handler.
+    let outbox = Outbox::new(db).with_writer(store.writer().clone());
+    let events = Pipeline::start_with(outbox, &mesh, &directory, &metrics, &shutdown)?;
     let deny_hook = events.deny_hook("payment");
     let hooks = Hooks {
         deny_hook: Some(deny_hook),
         metrics,
     };
-    start_with_db(
-        config, db, wallet, source, policy, subjects, hooks, shutdown,
+    start_with_store(
+        config, store, wallet, source, policy, subjects, hooks, shutdown,
     )
     .await
 }
@@ -114,8 +118,27 @@ pub async fn start_with_db(
     hooks: Hooks,
     shutdown: Shutdown,
 ) -> Result<RunningServer, PaymentError> {
+    let store = PaymentStore::new(db);
+    start_with_store(
+        config, store, wallet, source, policy, subjects, hooks, shutdown,
+    )
+    .await
+}
+
+/// Starts serving over `store`.
+#[allow(clippy::too_many_arguments)]
+async fn start_with_store(
+    config: PaymentConfig,
+    store: PaymentStore,
+    wallet: MeshChannel,
+    source: X509Source,
+    policy: PolicyEngine,
+    subjects: Arc<dyn SubjectResolver>,
+    hooks: Hooks,
+    shutdown: Shutdown,
+) -> Result<RunningServer, PaymentError> {
     let Hooks { deny_hook, metrics } = hooks;
-    let mut service = PaymentService::new(PaymentStore::new(db), wallet, policy.clone());
+    let mut service = PaymentService::new(store, wallet, policy.clone());
     let mut server = GrpcServer::new("payment", &config.trust_domain, source, policy)
         .grpc_addr(config.grpc_addr)
         .admin_addr(config.admin_addr)

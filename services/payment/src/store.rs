@@ -217,6 +217,11 @@ impl PaymentStore {
         &self.db
     }
 
+    /// The writer every write of the payment path goes through.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
     /// The payment with this id.
     pub async fn get(&self, payment_id: &str) -> Result<Option<Payment>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -12,6 +12,7 @@
 //! and map errors, [`ledger`] holds the domain rules and [`store`] the
 //! transactions (SQLite or PostgreSQL).
 
+pub mod batch;
 pub mod ledger;
 pub mod service;
 pub mod store;
@@ -21,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use spiffe::X509Source;
-use trustmesh_events::Pipeline;
+use trustmesh_events::{Outbox, Pipeline};
 use trustmesh_policy::{PolicyEngine, SubjectResolver};
 use trustmesh_proto::trustmesh::wallet::v1::wallet_server::WalletServer;
 use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RunningServer, RuntimeError, Shutdown};
@@ -83,8 +84,11 @@ pub async fn start(
     let db = open_db(&config.data_dir).await?;
     let mesh = MeshClient::new(source.clone(), &config.trust_domain);
     let metrics = MetricsRegistry::new();
-    let events = Pipeline::start(
-        &db,
+    let store = WalletStore::new(db.clone());
+    // The relay's writes go through the store's writer: on SQLite they then
+    // never stall a posting in the busy handler.
+    let events = Pipeline::start_with(
+        Outbox::new(db).with_writer(store.writer().clone()),
         &mesh,
         &Directory::new(&config.data_dir),
         &metrics,
@@ -95,7 +99,7 @@ pub async fn start(
         deny_hook: Some(deny_hook),
         metrics,
     };
-    start_with_db(config, db, source, policy, subjects, hooks, shutdown).await
+    start_with_store(config, store, source, policy, subjects, hooks, shutdown).await
 }
 
 /// Starts serving over an open, migrated database (tests, or a process
@@ -111,8 +115,22 @@ pub async fn start_with_db(
     hooks: Hooks,
     shutdown: Shutdown,
 ) -> Result<RunningServer, WalletError> {
+    let store = WalletStore::new(db);
+    start_with_store(config, store, source, policy, subjects, hooks, shutdown).await
+}
+
+/// Starts serving over `store`.
+async fn start_with_store(
+    config: WalletConfig,
+    store: WalletStore,
+    source: X509Source,
+    policy: PolicyEngine,
+    subjects: Arc<dyn SubjectResolver>,
+    hooks: Hooks,
+    shutdown: Shutdown,
+) -> Result<RunningServer, WalletError> {
     let Hooks { deny_hook, metrics } = hooks;
-    let mut service = WalletService::new(WalletStore::new(db), policy.clone());
+    let mut service = WalletService::new(store, policy.clone());
     let mut server = GrpcServer::new("wallet", &config.trust_domain, source, policy)
         .grpc_addr(config.grpc_addr)
         .admin_addr(config.admin_addr)

@@ -3,18 +3,29 @@
 //! post a transfer, its two entries, both cached balances and its event in
 //! one database transaction.
 //!
+//! Transfers go through the wallet's
+//! [`BatchWriter`](trustmesh_store::group_commit::BatchWriter): the
+//! transfers that queue up together are posted set-based, a fixed handful of
+//! statements for the whole batch ([`crate::batch`]), with the per-posting
+//! path below as the fallback when a set-based batch fails as a whole.
+//! Deposits, which run the deposit policy inside the transaction, always
+//! take the per-posting path, as units of the same writer (on SQLite in
+//! arrival order with the transfers, in the same transactions).
+//!
 //! # Correctness under concurrency
 //!
-//! Every posting runs the same statements in the same order:
+//! Every posting of the per-posting path runs the same statements in the
+//! same order:
 //!
 //! 1. insert the transfer row (`ON CONFLICT DO NOTHING`): the idempotency
 //!    key is claimed first. On SQLite every posting of this process goes
-//!    through one [`Writer`]: postings that arrive together share one
+//!    through one writer: postings that arrive together share one
 //!    transaction and one `fsync` (group commit), each in a savepoint of its
 //!    own, so a refused posting leaves no trace and the others are kept;
-//!    nobody hears back before the commit. On PostgreSQL each posting is a
-//!    transaction of its own, and a concurrent retry with the same key waits
-//!    on the unique index until the first commits or rolls back.
+//!    nobody hears back before the commit. On PostgreSQL a deposit is a
+//!    transaction of its own (a fallen-back transfer a savepoint of its
+//!    batch's), and a concurrent retry with the same key waits on the
+//!    unique index until the first commits or rolls back.
 //! 2. create missing accounts (`ON CONFLICT DO NOTHING`, in key order);
 //! 3. move the money with conditional updates, in `account_id` order so two
 //!    transfers between the same accounts lock them in the same order (no
@@ -38,9 +49,10 @@ use std::sync::Arc;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use time::OffsetDateTime;
-use trustmesh_store::group_commit::Writer;
+use trustmesh_store::group_commit::{BatchWriter, WriterStats};
 use trustmesh_store::{Db, StoreError};
 
+use crate::batch::TransferBatch;
 use crate::ledger::{
     AccountKind, HistoryEntry, LedgerError, NewDeposit, NewTransfer, Posted, TransferKind,
     TransferRecord, VOLUME_WINDOW, timestamp,
@@ -51,17 +63,19 @@ use crate::ledger::{
 pub const MAX_ATTEMPTS: u32 = 8;
 
 /// The service name in outbox rows.
-const SERVICE: &str = "wallet";
+pub(crate) const SERVICE: &str = "wallet";
 
-const TRANSFER_COLUMNS: &str = "transfer_id, kind, from_kind, from_owner, to_owner, amount, \
+pub(crate) const TRANSFER_COLUMNS: &str = "transfer_id, kind, from_kind, from_owner, to_owner, amount, \
                                 currency, reference, agent, created_at";
 
 /// Queries over a wallet database.
 #[derive(Debug, Clone)]
 pub struct WalletStore {
     db: Db,
-    /// Runs every posting (group commit on SQLite).
-    writer: Writer,
+    /// Runs every posting: transfers set-based, batch by batch
+    /// ([`TransferBatch`]); deposits as units of its writer (group commit
+    /// on SQLite).
+    postings: BatchWriter<TransferBatch>,
 }
 
 /// Which side of a posting an account is on.
@@ -73,7 +87,7 @@ enum Side {
 
 /// One posting, whatever its kind.
 #[derive(Clone)]
-struct Posting {
+pub(crate) struct Posting {
     transfer_id: String,
     kind: TransferKind,
     from_kind: AccountKind,
@@ -87,18 +101,30 @@ struct Posting {
 
 /// A check run inside the transaction with the payer's volume of the last
 /// 24 h (before this posting): `Err` refuses the posting.
-type VolumeCheck = Arc<dyn Fn(i64) -> Result<(), LedgerError> + Send + Sync>;
+pub(crate) type VolumeCheck = Arc<dyn Fn(i64) -> Result<(), LedgerError> + Send + Sync>;
 
 impl WalletStore {
     /// Wraps an open (migrated) database.
     pub fn new(db: Db) -> Self {
-        let writer = Writer::new(&db);
-        Self { db, writer }
+        let postings = BatchWriter::new(&db, TransferBatch);
+        Self { db, postings }
     }
 
     /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// The writer every write of this store goes through (plain units share
+    /// the postings' queue and transactions).
+    pub fn writer(&self) -> &trustmesh_store::group_commit::Writer {
+        self.postings.writer()
+    }
+
+    /// What the posting writer has committed so far: postings, batches,
+    /// and set-based batches that fell back to one posting at a time.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.postings.stats()
     }
 
     /// Moves `t.amount` from one user's wallet to another's. A retry with
@@ -108,31 +134,7 @@ impl WalletStore {
     /// used again.
     pub async fn transfer(&self, t: &NewTransfer) -> Result<Posted, LedgerError> {
         t.validate()?;
-        let posting = Posting {
-            transfer_id: t.transfer_id.clone(),
-            kind: t.kind,
-            from_kind: AccountKind::User,
-            from_owner: t.from_user.clone(),
-            to_owner: t.to_user.clone(),
-            amount: t.amount,
-            currency: t.currency.clone(),
-            reference: t.reference.clone(),
-            agent: None,
-        };
-        let amount = t.amount;
-        let check: Option<VolumeCheck> = t.outgoing_limit_24h.map(|limit| {
-            Arc::new(move |volume: i64| {
-                if volume.saturating_add(amount) > limit {
-                    Err(LedgerError::LimitExceeded)
-                } else {
-                    Ok(())
-                }
-            }) as VolumeCheck
-        });
-        let posted = self
-            .with_retries(|| self.post_once(&posting, check.clone(), |r| r.matches_transfer(t)))
-            .await?;
-        Ok(posted)
+        self.with_retries(|| self.postings.submit(t.clone())).await
     }
 
     /// Moves `d.amount` from the agent's clearing account to the user's
@@ -196,7 +198,8 @@ impl WalletStore {
     ) -> Result<Posted, LedgerError> {
         let posting = p.clone();
         let posted = self
-            .writer
+            .postings
+            .writer()
             .run(move |conn| Box::pin(async move { post_in(conn, &posting, check).await }))
             .await?;
         if let Some(record) = posted {
@@ -225,9 +228,90 @@ impl WalletStore {
     }
 }
 
+/// The posting and the 24 h volume check of transfer `t`.
+pub(crate) fn transfer_posting(t: &NewTransfer) -> (Posting, Option<VolumeCheck>) {
+    let posting = Posting {
+        transfer_id: t.transfer_id.clone(),
+        kind: t.kind,
+        from_kind: AccountKind::User,
+        from_owner: t.from_user.clone(),
+        to_owner: t.to_user.clone(),
+        amount: t.amount,
+        currency: t.currency.clone(),
+        reference: t.reference.clone(),
+        agent: None,
+    };
+    let amount = t.amount;
+    let check = t.outgoing_limit_24h.map(|limit| {
+        Arc::new(move |volume: i64| volume_check(volume, amount, limit)) as VolumeCheck
+    });
+    (posting, check)
+}
+
+/// The 24 h limit of a transfer: `volume` (the payer's payments of the
+/// last 24 h before this one) plus `amount` must not exceed `limit`.
+pub(crate) fn volume_check(volume: i64, amount: i64, limit: i64) -> Result<(), LedgerError> {
+    if volume.saturating_add(amount) > limit {
+        Err(LedgerError::LimitExceeded)
+    } else {
+        Ok(())
+    }
+}
+
+/// The outbox event of a posted transfer or deposit.
+pub(crate) fn posting_event(record: &TransferRecord) -> Event {
+    let (action, details) = match record.kind {
+        TransferKind::Deposit => (
+            action::DEPOSIT,
+            serde_json::json!({
+                "transfer_id": record.transfer_id,
+                "agent": record.agent,
+                "to_user_id": record.to_user,
+                "amount": record.amount,
+                "currency": record.currency,
+                "reference": record.reference,
+            }),
+        ),
+        _ => (
+            "TRANSFER",
+            serde_json::json!({
+                "transfer_id": record.transfer_id,
+                "kind": record.kind.as_str(),
+                "from_user_id": record.from_user,
+                "to_user_id": record.to_user,
+                "amount": record.amount,
+                "currency": record.currency,
+                "reference": record.reference,
+            }),
+        ),
+    };
+    let mut event = Event::new(SERVICE, action, &record.transfer_id).details(details);
+    if let Some(agent) = &record.agent {
+        event = event.by_workload(agent.clone());
+    }
+    if let Some(payer) = &record.from_user {
+        event = event.by_user(payer.clone());
+    }
+    event
+}
+
+/// The transfer with this id, read on `conn` (inside a transaction).
+pub(crate) async fn transfer_on(
+    conn: &mut AnyConnection,
+    transfer_id: &str,
+) -> Result<Option<TransferRecord>, sqlx::Error> {
+    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id = $1"
+    )))
+    .bind(transfer_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(transfer_record).transpose()
+}
+
 /// Posts `p` inside `tx` (see the module documentation for the order of
 /// the statements). `Ok(None)`: its idempotency key is already taken.
-async fn post_in(
+pub(crate) async fn post_in(
     conn: &mut AnyConnection,
     p: &Posting,
     check: Option<VolumeCheck>,
@@ -396,38 +480,7 @@ async fn post_in(
         reference: reference.to_owned(),
         created_at,
     };
-    let (action, details) = match p.kind {
-        TransferKind::Deposit => (
-            action::DEPOSIT,
-            serde_json::json!({
-                "transfer_id": record.transfer_id,
-                "agent": record.agent,
-                "to_user_id": record.to_user,
-                "amount": record.amount,
-                "currency": record.currency,
-                "reference": record.reference,
-            }),
-        ),
-        _ => (
-            "TRANSFER",
-            serde_json::json!({
-                "transfer_id": record.transfer_id,
-                "kind": record.kind.as_str(),
-                "from_user_id": record.from_user,
-                "to_user_id": record.to_user,
-                "amount": record.amount,
-                "currency": record.currency,
-                "reference": record.reference,
-            }),
-        ),
-    };
-    let mut event = Event::new(SERVICE, action, &record.transfer_id).details(details);
-    if let Some(agent) = &record.agent {
-        event = event.by_workload(agent.clone());
-    }
-    if let Some(payer) = &record.from_user {
-        event = event.by_user(payer.clone());
-    }
+    let event = posting_event(&record);
     trustmesh_events::outbox::record_on(conn, &event).await?;
     Ok(Some(record))
 }
@@ -597,7 +650,7 @@ fn transient(e: &LedgerError) -> bool {
     }
 }
 
-fn transfer_record(row: &AnyRow) -> Result<TransferRecord, sqlx::Error> {
+pub(crate) fn transfer_record(row: &AnyRow) -> Result<TransferRecord, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
     let from_kind: String = row.try_get("from_kind")?;
     let from_owner: String = row.try_get("from_owner")?;

@@ -1,0 +1,559 @@
+//! Set-based posting of transfers, TigerBeetle style: the transfers that
+//! queued up together for the wallet's writer are posted with a fixed,
+//! small number of statements for the whole batch instead of nine per
+//! transfer.
+//!
+//! [`TransferBatch`] is the [`BatchHandler`] of the wallet's
+//! [`BatchWriter`](trustmesh_store::group_commit::BatchWriter). Inside the
+//! batch's transaction, for a run of transfers with distinct ids (a batch
+//! holding the same id twice — two simultaneous retries — is cut into runs,
+//! posted one after the other in the same transaction):
+//!
+//! 1. one `SELECT` of the transfers that already exist with these ids: a
+//!    retry with the same content is answered with the original record
+//!    (`replayed`), one with other content with [`LedgerError::Conflict`];
+//! 2. one `SELECT` of every touched user wallet with its balance (on
+//!    PostgreSQL `FOR UPDATE`, in `account_id` order, so batches of several
+//!    replicas and single postings lock in one order and cannot deadlock);
+//! 3. where a transfer carries a 24 h limit, one `SELECT` of its payers'
+//!    payment volumes of the last 24 h;
+//! 4. in memory, in arrival order, each transfer is applied or refused on
+//!    its own: an overdraw ([`LedgerError::InsufficientFunds`]), a balance
+//!    leaving the `i64` range ([`LedgerError::Overflow`]) or a volume above
+//!    the limit ([`LedgerError::LimitExceeded`]) refuses it and it changes
+//!    nothing, not even the running balances; a later transfer of the batch
+//!    sees the balances and volumes the earlier accepted ones left (a
+//!    payment covered only by a credit earlier in the same batch goes
+//!    through);
+//! 5. the accepted transfers are written with multi-row `INSERT`s: new
+//!    wallets (created with their final balance), transfers, entries, and
+//!    outbox events; and one `UPDATE … FROM (VALUES …)` sets every other
+//!    touched wallet to its final balance, guarded by the balance read in
+//!    step 2 (a wallet changed under the batch fails it instead of losing
+//!    an update).
+//!
+//! A refused transfer writes nothing. Every event is in the same
+//! transaction as its change, and no caller hears back before the commit
+//! (the writer answers after it). If the set-based attempt fails as a whole
+//! (a constraint, a concurrent replica taking the same id or creating the
+//! same wallet on PostgreSQL), the writer rolls it back and posts each
+//! transfer alone through the per-posting path ([`TransferBatch::run_one`]),
+//! each in its own savepoint, so one bad transfer cannot fail the others.
+//!
+//! Statements are built with `?` placeholders on SQLite (numbered ones bind
+//! in quadratic time there) and never carry more rows than the back-end's
+//! parameter limit allows ([`trustmesh_store::sql::max_rows`]).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use futures::future::BoxFuture;
+use sqlx::{AnyConnection, Row};
+use time::OffsetDateTime;
+use trustmesh_events::Event;
+use trustmesh_store::group_commit::{BatchHandler, BatchOutcome};
+use trustmesh_store::sql::{self, backend_of};
+use trustmesh_store::{Backend, StoreError};
+
+use crate::ledger::{
+    LedgerError, NewTransfer, Posted, TransferKind, TransferRecord, VOLUME_WINDOW, timestamp,
+};
+use crate::store::{
+    TRANSFER_COLUMNS, post_in, posting_event, transfer_on, transfer_posting, transfer_record,
+    volume_check,
+};
+
+/// The most transfers one run posts: every statement of a run stays far
+/// below SQLite's parameter limit (entries: 14 parameters per transfer).
+pub const MAX_RUN: usize = 512;
+
+/// Posts validated [`NewTransfer`]s set-based (see the module
+/// documentation); the per-posting path is its fallback.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransferBatch;
+
+impl BatchHandler for TransferBatch {
+    type Item = NewTransfer;
+    type Output = Posted;
+    type Error = LedgerError;
+
+    fn run_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        items: &'a [NewTransfer],
+    ) -> BoxFuture<'a, BatchOutcome<Posted, LedgerError>> {
+        Box::pin(async move {
+            let backend = backend_of(conn).ok_or_else(|| {
+                StoreError::GroupCommit("set-based posting needs SQLite or PostgreSQL".into())
+            })?;
+            let mut outcomes = Vec::with_capacity(items.len());
+            let mut start = 0;
+            while start < items.len() {
+                let end = run_end(items, start);
+                let run = items.get(start..end).unwrap_or_default();
+                outcomes.extend(post_run(conn, backend, run).await?);
+                start = end;
+            }
+            Ok(outcomes)
+        })
+    }
+
+    fn run_one<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        t: &'a NewTransfer,
+    ) -> BoxFuture<'a, Result<Posted, LedgerError>> {
+        Box::pin(async move {
+            let (posting, check) = transfer_posting(t);
+            if let Some(record) = post_in(conn, &posting, check).await? {
+                return Ok(Posted {
+                    record,
+                    replayed: false,
+                });
+            }
+            // The id was taken: a replay or a conflict.
+            match transfer_on(conn, &t.transfer_id).await? {
+                Some(record) if record.matches_transfer(t) => Ok(Posted {
+                    record,
+                    replayed: true,
+                }),
+                Some(_) => Err(LedgerError::Conflict),
+                // Taken by a transaction that then rolled back: transient.
+                None => Err(sqlx::Error::RowNotFound.into()),
+            }
+        })
+    }
+}
+
+/// The end of the run starting at `start`: at most [`MAX_RUN`] transfers,
+/// no id twice.
+fn run_end(items: &[NewTransfer], start: usize) -> usize {
+    let mut seen = HashSet::new();
+    let mut end = start;
+    for t in items.iter().skip(start).take(MAX_RUN) {
+        if !seen.insert(t.transfer_id.as_str()) {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
+/// A user wallet as the run sees it.
+struct Wallet {
+    account_id: String,
+    /// The balance after the transfers applied so far.
+    balance: i64,
+    /// The balance read from the database; `None`: created by this run.
+    read: Option<i64>,
+}
+
+/// A transfer the run accepted.
+struct Accepted {
+    record: TransferRecord,
+    debit: Leg,
+    credit: Leg,
+}
+
+/// One entry of an accepted transfer.
+struct Leg {
+    entry_id: String,
+    account_id: String,
+    balance_after: i64,
+}
+
+/// (owner, currency): a user wallet's key.
+type Key = (String, String);
+
+/// Posts `run` (distinct ids, at most [`MAX_RUN`]) with a fixed number of
+/// statements; one outcome per transfer, in order.
+async fn post_run(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    run: &[NewTransfer],
+) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
+    let now = OffsetDateTime::now_utc();
+    let created_at = timestamp(now);
+
+    // 1. Retries: the transfers that already exist.
+    let existing = existing_transfers(conn, backend, run).await?;
+    let mut outcomes: Vec<Option<Result<Posted, LedgerError>>> = run
+        .iter()
+        .map(|t| {
+            existing.get(&t.transfer_id).map(|record| {
+                if record.matches_transfer(t) {
+                    Ok(Posted {
+                        record: record.clone(),
+                        replayed: true,
+                    })
+                } else {
+                    Err(LedgerError::Conflict)
+                }
+            })
+        })
+        .collect();
+    let fresh: Vec<usize> = (0..run.len())
+        .filter(|&i| outcomes.get(i).is_some_and(Option::is_none))
+        .collect();
+
+    if !fresh.is_empty() {
+        // 2. Every wallet the fresh transfers touch.
+        let owners: BTreeSet<&str> = fresh
+            .iter()
+            .filter_map(|&i| run.get(i))
+            .flat_map(|t| [t.from_user.as_str(), t.to_user.as_str()])
+            .collect();
+        let mut wallets = read_wallets(conn, backend, &owners).await?;
+
+        // 3. The 24 h volumes of the payers with a limit.
+        let payers: BTreeSet<&str> = fresh
+            .iter()
+            .filter_map(|&i| run.get(i))
+            .filter(|t| t.outgoing_limit_24h.is_some())
+            .map(|t| t.from_user.as_str())
+            .collect();
+        let mut volumes =
+            read_volumes(conn, backend, &payers, &timestamp(now - VOLUME_WINDOW)).await?;
+
+        // 4. Apply in arrival order.
+        let mut accepted = Vec::with_capacity(fresh.len());
+        for &i in &fresh {
+            let Some(t) = run.get(i) else { continue };
+            let outcome = apply(t, &created_at, &mut wallets, &mut volumes);
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = Some(match outcome {
+                    Ok(a) => {
+                        let posted = Posted {
+                            record: a.record.clone(),
+                            replayed: false,
+                        };
+                        accepted.push(a);
+                        Ok(posted)
+                    }
+                    Err(e) => Err(e),
+                });
+            }
+        }
+
+        // 5. Write what was accepted.
+        if !accepted.is_empty() {
+            write(conn, backend, &created_at, &wallets, &accepted).await?;
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.ok_or_else(|| {
+                LedgerError::Store(StoreError::GroupCommit(
+                    "a transfer was left unposted".into(),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Applies `t` to the running `wallets` and `volumes`, or refuses it
+/// without changing them.
+fn apply(
+    t: &NewTransfer,
+    created_at: &str,
+    wallets: &mut HashMap<Key, Wallet>,
+    volumes: &mut HashMap<Key, i64>,
+) -> Result<Accepted, LedgerError> {
+    let from_key = (t.from_user.clone(), t.currency.clone());
+    let to_key = (t.to_user.clone(), t.currency.clone());
+    // A user without a wallet in this currency holds nothing.
+    let from_balance = wallets
+        .get(&from_key)
+        .map(|w| w.balance)
+        .ok_or(LedgerError::InsufficientFunds)?;
+    if from_balance < t.amount {
+        return Err(LedgerError::InsufficientFunds);
+    }
+    let to_balance = wallets.get(&to_key).map_or(0, |w| w.balance);
+    let to_after = to_balance
+        .checked_add(t.amount)
+        .ok_or(LedgerError::Overflow)?;
+    if let Some(limit) = t.outgoing_limit_24h {
+        let volume = volumes.get(&from_key).copied().unwrap_or_default();
+        volume_check(volume, t.amount, limit)?;
+    }
+
+    // Accepted: from here on nothing fails.
+    let from_after = from_balance - t.amount;
+    let debit_id = uuid::Uuid::now_v7().to_string();
+    let credit_id = uuid::Uuid::now_v7().to_string();
+    let from_account = match wallets.get_mut(&from_key) {
+        Some(w) => {
+            w.balance = from_after;
+            w.account_id.clone()
+        }
+        None => return Err(LedgerError::InsufficientFunds),
+    };
+    let to_wallet = wallets.entry(to_key).or_insert_with(|| Wallet {
+        account_id: uuid::Uuid::now_v7().to_string(),
+        balance: 0,
+        read: None,
+    });
+    to_wallet.balance = to_after;
+    let to_account = to_wallet.account_id.clone();
+    if t.kind == TransferKind::Payment {
+        let volume = volumes.entry(from_key).or_default();
+        *volume = volume.saturating_add(t.amount);
+    }
+    Ok(Accepted {
+        record: TransferRecord {
+            transfer_id: t.transfer_id.clone(),
+            kind: t.kind,
+            from_user: Some(t.from_user.clone()),
+            to_user: t.to_user.clone(),
+            agent: None,
+            amount: t.amount,
+            currency: t.currency.clone(),
+            reference: t.reference.clone(),
+            created_at: created_at.to_owned(),
+        },
+        debit: Leg {
+            entry_id: debit_id,
+            account_id: from_account,
+            balance_after: from_after,
+        },
+        credit: Leg {
+            entry_id: credit_id,
+            account_id: to_account,
+            balance_after: to_after,
+        },
+    })
+}
+
+/// The transfers of `run` that already exist, by id.
+async fn existing_transfers(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    run: &[NewTransfer],
+) -> Result<HashMap<String, TransferRecord>, LedgerError> {
+    let sql = format!(
+        "SELECT {TRANSFER_COLUMNS} FROM transfers WHERE transfer_id IN ({})",
+        sql::list(backend, run.len(), 1)
+    );
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for t in run {
+        query = query.bind(&t.transfer_id);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
+    let mut existing = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let record = transfer_record(row)?;
+        existing.insert(record.transfer_id.clone(), record);
+    }
+    Ok(existing)
+}
+
+/// Every user wallet of `owners` (all currencies), locked on PostgreSQL
+/// in `account_id` order.
+async fn read_wallets(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    owners: &BTreeSet<&str>,
+) -> Result<HashMap<Key, Wallet>, LedgerError> {
+    let mut wallets = HashMap::with_capacity(owners.len());
+    let owners: Vec<&str> = owners.iter().copied().collect();
+    for chunk in owners.chunks(sql::max_rows(1)) {
+        let lock = match backend {
+            Backend::Postgres => " ORDER BY account_id FOR UPDATE",
+            Backend::Sqlite => "",
+        };
+        let sql = format!(
+            "SELECT account_id, owner, currency, balance FROM accounts \
+             WHERE kind = 'user' AND owner IN ({}){lock}",
+            sql::list(backend, chunk.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for owner in chunk {
+            query = query.bind(*owner);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let balance: i64 = row.try_get("balance")?;
+            wallets.insert(
+                (row.try_get("owner")?, row.try_get("currency")?),
+                Wallet {
+                    account_id: row.try_get("account_id")?,
+                    balance,
+                    read: Some(balance),
+                },
+            );
+        }
+    }
+    Ok(wallets)
+}
+
+/// The payments of `payers` since `since`, by (payer, currency).
+async fn read_volumes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    payers: &BTreeSet<&str>,
+    since: &str,
+) -> Result<HashMap<Key, i64>, LedgerError> {
+    let mut volumes = HashMap::new();
+    let payers: Vec<&str> = payers.iter().copied().collect();
+    for chunk in payers.chunks(sql::max_rows(1) - 1) {
+        let sql = format!(
+            "SELECT from_owner, currency, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS volume \
+             FROM transfers WHERE kind = 'payment' AND created_at >= {} \
+             AND from_owner IN ({}) GROUP BY from_owner, currency",
+            sql::list(backend, 1, 1),
+            sql::list(backend, chunk.len(), 2)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
+        for payer in chunk {
+            query = query.bind(*payer);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            volumes.insert(
+                (row.try_get("from_owner")?, row.try_get("currency")?),
+                row.try_get("volume")?,
+            );
+        }
+    }
+    Ok(volumes)
+}
+
+/// Writes the accepted transfers: new wallets, transfers, entries, the
+/// other wallets' balances, events.
+async fn write(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    created_at: &str,
+    wallets: &HashMap<Key, Wallet>,
+    accepted: &[Accepted],
+) -> Result<(), LedgerError> {
+    // New wallets, with their final balance (before the entries that
+    // reference them).
+    let mut created: Vec<(&Key, &Wallet)> =
+        wallets.iter().filter(|(_, w)| w.read.is_none()).collect();
+    created.sort_unstable_by(|a, b| a.1.account_id.cmp(&b.1.account_id));
+    for chunk in created.chunks(sql::max_rows(5)) {
+        let sql = format!(
+            "INSERT INTO accounts (account_id, kind, owner, currency, balance, created_at) \
+             VALUES {}",
+            user_rows(backend, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ((owner, currency), wallet) in chunk {
+            query = query
+                .bind(&wallet.account_id)
+                .bind(owner)
+                .bind(currency)
+                .bind(wallet.balance)
+                .bind(created_at);
+        }
+        query.execute(&mut *conn).await?;
+    }
+
+    // The transfers. A concurrent replica that took one of these ids
+    // since step 1 (PostgreSQL) fails the run: the fallback sorts it out.
+    const TRANSFER_PARAMS: usize = 10;
+    for chunk in accepted.chunks(sql::max_rows(TRANSFER_PARAMS)) {
+        let sql = format!(
+            "INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES {}",
+            sql::rows(backend, chunk.len(), TRANSFER_PARAMS, 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            let r = &a.record;
+            query = query
+                .bind(&r.transfer_id)
+                .bind(r.kind.as_str())
+                .bind("user")
+                .bind(r.from_user.as_deref())
+                .bind(&r.to_user)
+                .bind(r.amount)
+                .bind(&r.currency)
+                .bind(&r.reference)
+                .bind(None::<String>)
+                .bind(&r.created_at);
+        }
+        query.execute(&mut *conn).await?;
+    }
+
+    // Both entries of each (debit first: its v7 id is older).
+    const ENTRY_PARAMS: usize = 7;
+    for chunk in accepted.chunks(sql::max_rows(2 * ENTRY_PARAMS)) {
+        let sql = format!(
+            "INSERT INTO entries (entry_id, transfer_id, account_id, owner, amount, \
+             balance_after, created_at) VALUES {}",
+            sql::rows(backend, 2 * chunk.len(), ENTRY_PARAMS, 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for a in chunk {
+            let r = &a.record;
+            for (leg, owner, amount) in [
+                (
+                    &a.debit,
+                    r.from_user.as_deref().unwrap_or_default(),
+                    -r.amount,
+                ),
+                (&a.credit, r.to_user.as_str(), r.amount),
+            ] {
+                query = query
+                    .bind(&leg.entry_id)
+                    .bind(&r.transfer_id)
+                    .bind(&leg.account_id)
+                    .bind(owner)
+                    .bind(amount)
+                    .bind(leg.balance_after)
+                    .bind(&r.created_at);
+            }
+        }
+        query.execute(&mut *conn).await?;
+    }
+
+    // Every other touched wallet's final balance, guarded by the one read.
+    let mut changed: Vec<(&str, i64, i64)> = wallets
+        .values()
+        .filter_map(|w| match w.read {
+            Some(read) if read != w.balance => Some((w.account_id.as_str(), w.balance, read)),
+            _ => None,
+        })
+        .collect();
+    changed.sort_unstable();
+    for chunk in changed.chunks(sql::max_rows(3)) {
+        let sql = format!(
+            "UPDATE accounts SET balance = v.column2 FROM (VALUES {}) AS v \
+             WHERE accounts.account_id = v.column1 AND accounts.balance = v.column3",
+            sql::rows(backend, chunk.len(), 3, 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (account_id, balance, read) in chunk {
+            query = query.bind(*account_id).bind(*balance).bind(*read);
+        }
+        let updated = query.execute(&mut *conn).await?;
+        if updated.rows_affected() != chunk.len() as u64 {
+            return Err(
+                StoreError::GroupCommit("a wallet changed under a set-based batch".into()).into(),
+            );
+        }
+    }
+
+    // The events, in the same transaction.
+    let events: Vec<Event> = accepted.iter().map(|a| posting_event(&a.record)).collect();
+    trustmesh_events::outbox::record_all_on(conn, &events).await?;
+    Ok(())
+}
+
+/// `rows` rows of `(account_id, 'user', owner, currency, balance,
+/// created_at)` with five bound parameters each.
+fn user_rows(backend: Backend, rows: usize) -> String {
+    let mut out = String::new();
+    for row in 0..rows {
+        if row > 0 {
+            out.push_str(", ");
+        }
+        let first = 1 + row * 5;
+        out.push('(');
+        out.push_str(&sql::list(backend, 1, first));
+        out.push_str(", 'user', ");
+        out.push_str(&sql::list(backend, 4, first + 1));
+        out.push(')');
+    }
+    out
+}
