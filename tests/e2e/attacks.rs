@@ -1566,7 +1566,9 @@ fn with_header<T>(message: T) -> tonic::Request<T> {
 }
 
 /// A Perl relay: connects to the Workload API socket (`$upstream`), listens
-/// on `$relay` and pipes one accepted connection to the upstream one. With
+/// on `$relay` and pipes one accepted connection to the upstream one. The
+/// socket appears under `$relay` only once it listens (bound under another
+/// name, then renamed), so a client that sees the file can connect. With
 /// `$exec`, it forks first and the connecting process execs `$exec`.
 const RELAY: &str = r#"
 use strict; use warnings; use Socket;
@@ -1576,8 +1578,9 @@ alarm 20;
 socket(my $up, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
 connect($up, pack_sockaddr_un($upstream)) or die "connect: $!";
 socket(my $l, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
-bind($l, pack_sockaddr_un($relay)) or die "bind: $!";
+bind($l, pack_sockaddr_un("$relay.tmp")) or die "bind: $!";
 listen($l, 1) or die "listen: $!";
+rename("$relay.tmp", $relay) or die "rename: $!";
 if (defined $exec && $exec ne '') {
     my $pid = fork();
     die "fork: $!" unless defined $pid;
