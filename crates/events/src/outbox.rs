@@ -40,26 +40,7 @@ pub async fn record(
 /// (a [`trustmesh_store::group_commit::Writer`] unit of work, say): it is
 /// shipped if and only if that transaction commits.
 pub async fn record_on(conn: &mut sqlx::AnyConnection, event: &Event) -> Result<(), sqlx::Error> {
-    let sql = format!(
-        "INSERT INTO outbox ({OUTBOX_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-    );
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(&event.id)
-        .bind(&event.time)
-        .bind(&event.service)
-        .bind(&event.action)
-        .bind(event.status.as_str())
-        .bind(event.actor.user_id.as_deref())
-        .bind(event.actor.spiffe_id.as_deref())
-        .bind(&event.target)
-        .bind(event.client_ip.as_deref())
-        .bind(event.user_agent.as_deref())
-        .bind(event.request_id.as_deref())
-        .bind(event.details.to_string())
-        .execute(conn)
-        .await?;
-    Ok(())
+    record_all_on(conn, std::slice::from_ref(event)).await
 }
 
 /// Appends every event of `events` to the outbox on `conn`, which is inside
