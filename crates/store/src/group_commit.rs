@@ -523,13 +523,9 @@ async fn write_batches(
                 }
             },
         };
-        let units = batch.len();
         let immediate = db.backend() == Backend::Sqlite;
-        match run_batch(&mut conn, immediate, handler.as_deref(), batch).await {
-            Ok(()) => {
-                counters.committed(units);
-                connection = Some(conn);
-            }
+        match run_batch(&mut conn, immediate, handler.as_deref(), &counters, batch).await {
+            Ok(()) => connection = Some(conn),
             // Start the next batch on a fresh connection.
             Err(e) => tracing::warn!(error = %e, "a group commit failed; its callers may retry"),
         }
@@ -557,8 +553,10 @@ async fn run_batch(
     conn: &mut AnyConnection,
     immediate: bool,
     handler: Option<&dyn ErasedHandler>,
+    counters: &Counters,
     batch: Vec<Job>,
 ) -> Result<(), StoreError> {
+    let units = batch.len();
     let begun = if immediate {
         Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await
     } else {
@@ -644,6 +642,9 @@ async fn run_batch(
     }
     match tx.commit().await {
         Ok(()) => {
+            // Counted before anyone hears back: a caller that reads the
+            // stats after its answer sees its own batch.
+            counters.committed(units);
             for (reply, _, answer) in settled {
                 let _ = reply.send(Ok(answer));
             }
