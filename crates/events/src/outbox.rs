@@ -17,6 +17,8 @@
 
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
+use sqlx::AnyConnection;
 use tokio::sync::Notify;
 use trustmesh_store::group_commit::Writer;
 use trustmesh_store::{Backend, Db, StoreError};
@@ -128,35 +130,36 @@ impl Outbox {
     }
 
     /// Records events that describe no change of this database (policy
-    /// denies, reads), in one transaction of their own, and wakes the relay.
+    /// denies, reads), in one write transaction (see [`Outbox::with_writer`]),
+    /// and wakes the relay.
     pub async fn record_now(&self, events: &[Event]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        match &self.writer {
-            Some(writer) => {
-                let events = events.to_vec();
-                writer
-                    .run(move |conn| {
-                        Box::pin(async move {
-                            for event in &events {
-                                record_on(&mut *conn, event).await?;
-                            }
-                            Ok::<_, StoreError>(())
-                        })
-                    })
-                    .await?;
-            }
-            None => {
-                let mut tx = self.db.pool().begin().await?;
-                for event in events {
-                    record(&mut tx, event).await?;
-                }
-                tx.commit().await?;
-            }
-        }
+        let events = events.to_vec();
+        self.write(move |conn| Box::pin(async move { Ok(record_all_on(conn, &events).await?) }))
+            .await?;
         self.wake();
         Ok(())
+    }
+
+    /// Runs `work` in a write transaction: a unit of the service's writer
+    /// when it has one ([`Outbox::with_writer`]), else a transaction of its
+    /// own on a pooled connection.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        F: for<'c> FnOnce(&'c mut AnyConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+        T: Send + 'static,
+    {
+        if let Some(writer) = &self.writer {
+            return writer.run(work).await;
+        }
+        let mut tx = self.db.pool().begin().await?;
+        let value = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(value)
     }
 
     /// Up to `limit` unsent events, oldest first (ids are UUID v7).
@@ -205,24 +208,14 @@ impl Outbox {
     pub async fn mark_sent(&self, ids: &[&str]) -> Result<(), StoreError> {
         let now = now_rfc3339();
         let backend = self.db.backend();
-        match &self.writer {
-            Some(writer) => {
-                let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
-                writer
-                    .run(move |conn| {
-                        Box::pin(async move {
-                            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                            mark_sent_on(conn, backend, &now, &ids).await?;
-                            Ok::<_, StoreError>(())
-                        })
-                    })
-                    .await
-            }
-            None => {
-                let mut conn = self.db.pool().acquire().await?;
-                Ok(mark_sent_on(&mut conn, backend, &now, ids).await?)
-            }
-        }
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        self.write(move |conn| {
+            Box::pin(async move {
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                Ok(mark_sent_on(conn, backend, &now, &ids).await?)
+            })
+        })
+        .await
     }
 
     /// How many events wait to be delivered.
@@ -236,23 +229,18 @@ impl Outbox {
 
     /// Deletes delivered rows sent before `before` (RFC 3339); returns how many.
     pub async fn purge_sent(&self, before: &str) -> Result<u64, StoreError> {
-        const PURGE: &str = "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1";
-        let Some(writer) = &self.writer else {
-            let done = sqlx::query(PURGE)
-                .bind(before)
-                .execute(self.db.pool())
-                .await?;
-            return Ok(done.rows_affected());
-        };
         let before = before.to_owned();
-        writer
-            .run(move |conn| {
-                Box::pin(async move {
-                    let done = sqlx::query(PURGE).bind(&before).execute(&mut *conn).await?;
-                    Ok::<_, StoreError>(done.rows_affected())
-                })
+        self.write(move |conn| {
+            Box::pin(async move {
+                let done =
+                    sqlx::query("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < $1")
+                        .bind(&before)
+                        .execute(&mut *conn)
+                        .await?;
+                Ok(done.rows_affected())
             })
-            .await
+        })
+        .await
     }
 }
 
