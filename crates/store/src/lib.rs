@@ -283,7 +283,10 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// (`wal_autocheckpoint = 0`) and this task runs a `PASSIVE` checkpoint on a
 /// connection of its own instead: it takes no write lock, so writers go on
 /// appending to the log meanwhile, and SQLite starts the log over from its
-/// beginning once a checkpoint has copied all of it.
+/// beginning once a checkpoint has copied all of it. Under a steady stream
+/// of writes this task never catches up with the writer; the group-commit
+/// writer therefore also checkpoints between its own batches
+/// ([`group_commit::WRITER_CHECKPOINT_EVERY`]), which rewinds the log.
 fn spawn_checkpointer(pool: AnyPool, service: String) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
