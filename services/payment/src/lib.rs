@@ -12,8 +12,10 @@
 //!
 //! Thin by design: the runtime gives it mTLS, the policy layer decides who
 //! may call what, the handlers in [`service`] validate and map errors, and
-//! [`store`] holds the transactions (SQLite or PostgreSQL).
+//! [`store`] holds the transactions (SQLite or PostgreSQL), the payment
+//! path's writes set-based through [`batch`].
 
+pub mod batch;
 pub mod service;
 pub mod store;
 

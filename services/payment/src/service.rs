@@ -23,8 +23,8 @@ use std::time::Duration;
 use tonic::{Code, Request, Response, Status};
 use trustmesh_events::{Event, action};
 use trustmesh_policy::{
-    DenyHook, Peer, PolicyEngine, PolicyInput, REQUEST_ID_HEADER, RequestContext, Subject,
-    deny_status,
+    Decision, DenyHook, Peer, PolicyEngine, PolicyInput, REQUEST_ID_HEADER, RequestContext,
+    Subject, deny_status,
 };
 use trustmesh_proto::trustmesh::payment::v1::payment_server::Payment as PaymentApi;
 use trustmesh_proto::trustmesh::payment::v1::{
@@ -80,6 +80,12 @@ impl std::fmt::Debug for PaymentService {
     }
 }
 
+/// A second decision that refused, with the input it was taken on.
+struct Denial {
+    input: PolicyInput,
+    decision: Decision,
+}
+
 /// The facts of a call the handlers pass along.
 struct Call {
     subject: Subject,
@@ -129,13 +135,29 @@ impl PaymentService {
         &self.store
     }
 
-    /// A second decision of `method` with `request` as `input.request`.
+    /// A second decision of `method` with `request` as `input.request`; a
+    /// deny is logged and audited.
     fn authorize(
         &self,
         method: &str,
         call: &Call,
         request: serde_json::Value,
     ) -> Result<(), Status> {
+        match self.decide(method, call, request)? {
+            None => Ok(()),
+            Some(denial) => Err(self.refuse(call, denial)),
+        }
+    }
+
+    /// A second decision of `method` with `request` as `input.request`:
+    /// `None` when allowed, the denial (not yet logged nor audited: see
+    /// [`PaymentService::refuse`]) when not.
+    fn decide(
+        &self,
+        method: &str,
+        call: &Call,
+        request: serde_json::Value,
+    ) -> Result<Option<Denial>, Status> {
         let input = PolicyInput {
             service: SERVICE.to_owned(),
             method: method.to_owned(),
@@ -150,26 +172,30 @@ impl PaymentService {
             context: call.context.clone(),
         };
         match self.policy.authorize(&input) {
-            Ok(decision) if decision.allow => Ok(()),
-            Ok(decision) => {
-                tracing::info!(
-                    service = SERVICE,
-                    rpc = %input.rpc,
-                    reason = %decision.reason,
-                    user = %call.subject.sub,
-                    request_id = %call.context.request_id,
-                    "policy denied (second decision)"
-                );
-                if let Some(hook) = &self.deny_hook {
-                    hook(&input, &decision);
-                }
-                Err(deny_status(&decision.reason))
-            }
+            Ok(decision) if decision.allow => Ok(None),
+            Ok(decision) => Ok(Some(Denial { input, decision })),
             Err(e) => {
                 tracing::error!(error = %e, rpc = %input.rpc, "policy evaluation failed");
                 Err(Status::internal("authorization failed"))
             }
         }
+    }
+
+    /// Logs and audits `denial`; the status to answer with.
+    fn refuse(&self, call: &Call, denial: Denial) -> Status {
+        let Denial { input, decision } = denial;
+        tracing::info!(
+            service = SERVICE,
+            rpc = %input.rpc,
+            reason = %decision.reason,
+            user = %call.subject.sub,
+            request_id = %call.context.request_id,
+            "policy denied (second decision)"
+        );
+        if let Some(hook) = &self.deny_hook {
+            hook(&input, &decision);
+        }
+        deny_status(&decision.reason)
     }
 
     /// The payer's daily volume limit in `currency` from the policy data
@@ -235,7 +261,7 @@ impl PaymentService {
             Ok(_) => {
                 let e = event(PaymentStatus::Completed, None);
                 self.store
-                    .finish(&payment.payment_id, PaymentStatus::Completed, None, &e)
+                    .finish(&payment, PaymentStatus::Completed, None, &e)
                     .await
                     .map_err(internal)
             }
@@ -243,7 +269,7 @@ impl PaymentService {
                 let reason = "insufficient_funds";
                 let e = event(PaymentStatus::Failed, Some(reason));
                 self.store
-                    .finish(&payment.payment_id, PaymentStatus::Failed, Some(reason), &e)
+                    .finish(&payment, PaymentStatus::Failed, Some(reason), &e)
                     .await
                     .map_err(internal)
             }
@@ -485,21 +511,13 @@ impl PaymentApi for PaymentService {
     ) -> Result<Response<CreatePaymentReply>, Status> {
         let call = call_of(&request)?;
         let new = new_payment(&call.subject.sub, request.into_inner())?;
-        if let Some(existing) = self
-            .store
-            .by_key(&new.payer_id, &new.idempotency_key)
-            .await
-            .map_err(internal)?
-        {
-            return self.replay(existing, &new, &call).await;
-        }
         // The rolling 24 h volume (the wallet checks it again atomically).
         let volume = self
             .store
             .volume_24h(&new.payer_id, &new.currency)
             .await
             .map_err(internal)?;
-        self.authorize(
+        let decision = self.decide(
             "CreatePayment",
             &call,
             serde_json::json!({
@@ -509,8 +527,22 @@ impl PaymentApi for PaymentService {
                 PAYER_VOLUME_FIELD: volume,
             }),
         )?;
+        if let Some(denial) = decision {
+            // A retry of a payment made before the volume grew (or the
+            // limits changed) is answered as the original was.
+            return match self
+                .store
+                .by_key(&new.payer_id, &new.idempotency_key)
+                .await
+                .map_err(internal)?
+            {
+                Some(existing) => self.replay(existing, &new, &call).await,
+                None => Err(self.refuse(&call, denial)),
+            };
+        }
         let Some(pending) = self.store.insert_pending(&new).await.map_err(internal)? else {
-            // A concurrent request with the same key was first.
+            // The payer's key is taken: a retry, or a concurrent request
+            // with the same key that was first.
             let existing = self
                 .store
                 .by_key(&new.payer_id, &new.idempotency_key)

@@ -15,8 +15,10 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use time::macros::format_description;
 use trustmesh_events::Event;
-use trustmesh_store::group_commit::Writer;
+use trustmesh_store::group_commit::{BatchWriter, Writer};
 use trustmesh_store::{Db, StoreError};
+
+use crate::batch::{PaymentBatch, PaymentWrite};
 
 /// The rolling window of the payer's volume.
 pub const VOLUME_WINDOW: time::Duration = time::Duration::hours(24);
@@ -201,14 +203,15 @@ pub fn parse_page_token(token: &str) -> Option<String> {
 #[derive(Debug, Clone)]
 pub struct PaymentStore {
     db: Db,
-    /// Runs the writes of the payment path (group commit on SQLite).
-    writer: Writer,
+    /// Runs the writes of the payment path, set-based
+    /// ([`crate::batch`]).
+    writer: BatchWriter<PaymentBatch>,
 }
 
 impl PaymentStore {
     /// Wraps an open (migrated) database.
     pub fn new(db: Db) -> Self {
-        let writer = Writer::new(&db);
+        let writer = BatchWriter::new(&db, PaymentBatch);
         Self { db, writer }
     }
 
@@ -217,9 +220,16 @@ impl PaymentStore {
         &self.db
     }
 
-    /// The writer every write of the payment path goes through.
+    /// The writer every write of the payment path goes through (its
+    /// plain units share the queue and transactions of the set-based
+    /// writes).
     pub fn writer(&self) -> &Writer {
-        &self.writer
+        self.writer.writer()
+    }
+
+    /// Set-based writes and units committed so far.
+    pub fn writer_stats(&self) -> trustmesh_store::group_commit::WriterStats {
+        self.writer.stats()
     }
 
     /// The payment with this id.
@@ -268,31 +278,15 @@ impl PaymentStore {
     pub async fn insert_pending(&self, new: &NewPayment) -> Result<Option<Payment>, StoreError> {
         let payment_id = uuid::Uuid::now_v7().to_string();
         let now = timestamp(OffsetDateTime::now_utc());
-        let (id, payment, at) = (payment_id.clone(), new.clone(), now.clone());
         let inserted = self
             .writer
-            .run(move |conn| {
-                Box::pin(async move {
-                    sqlx::query(
-                        "INSERT INTO payments (payment_id, payer_id, receiver_id, amount, \
-                         currency, idempotency_key, status, failure_reason, created_at, \
-                         updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'PENDING', NULL, $7, $7) \
-                         ON CONFLICT DO NOTHING",
-                    )
-                    .bind(&id)
-                    .bind(&payment.payer_id)
-                    .bind(&payment.receiver_id)
-                    .bind(payment.amount)
-                    .bind(&payment.currency)
-                    .bind(&payment.idempotency_key)
-                    .bind(&at)
-                    .execute(conn)
-                    .await
-                    .map_err(StoreError::from)
-                })
+            .submit(PaymentWrite::Pending {
+                payment_id: payment_id.clone(),
+                payment: new.clone(),
+                at: now.clone(),
             })
             .await?;
-        if inserted.rows_affected() == 0 {
+        if !inserted {
             return Ok(None);
         }
         Ok(Some(Payment {
@@ -310,44 +304,37 @@ impl PaymentStore {
         }))
     }
 
-    /// Moves a PENDING payment to `status` (COMPLETED or FAILED with
+    /// Moves the PENDING `payment` to `status` (COMPLETED or FAILED with
     /// `reason`) and records `event` in the same transaction; a payment
     /// already finished (by a concurrent retry) is left as it is and no
     /// event is written. Returns the payment as stored afterwards.
     pub async fn finish(
         &self,
-        payment_id: &str,
+        payment: &Payment,
         status: PaymentStatus,
         reason: Option<&str>,
         event: &Event,
     ) -> Result<Payment, StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
-        let (id, reason, event) = (
-            payment_id.to_owned(),
-            reason.map(str::to_owned),
-            event.clone(),
-        );
-        self.writer
-            .run(move |conn| {
-                Box::pin(async move {
-                    let updated = sqlx::query(
-                        "UPDATE payments SET status = $1, failure_reason = $2, updated_at = $3 \
-                         WHERE payment_id = $4 AND status = 'PENDING'",
-                    )
-                    .bind(status.as_str())
-                    .bind(reason)
-                    .bind(&now)
-                    .bind(&id)
-                    .execute(&mut *conn)
-                    .await?;
-                    if updated.rows_affected() == 1 {
-                        trustmesh_events::outbox::record_on(conn, &event).await?;
-                    }
-                    Ok::<_, StoreError>(())
-                })
+        let moved = self
+            .writer
+            .submit(PaymentWrite::Finish {
+                payment_id: payment.payment_id.clone(),
+                status,
+                reason: reason.map(str::to_owned),
+                at: now.clone(),
+                event: Box::new(event.clone()),
             })
             .await?;
-        self.get(payment_id)
+        if moved {
+            return Ok(Payment {
+                status,
+                failure_reason: reason.map(str::to_owned),
+                updated_at: now,
+                ..payment.clone()
+            });
+        }
+        self.get(&payment.payment_id)
             .await?
             .ok_or(StoreError::Query(sqlx::Error::RowNotFound))
     }

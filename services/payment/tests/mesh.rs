@@ -412,6 +412,15 @@ async fn payments_are_idempotent_and_within_limits(backend: Backend) {
             .unwrap_err(),
         "daily_limit_exceeded",
     );
+    // A retry of a payment made before the volume was reached is answered
+    // as the original, not refused by the limit it no longer fits under.
+    let retried = api
+        .create_payment(as_user(pay(&bob, 1_000_000, "EUR", "d4"), &dave, "user"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retried.replayed);
+    assert_eq!(retried.payment.unwrap().status, "COMPLETED");
     // If the service's own view of the volume is wrong (here: its rows
     // backdated), the wallet's atomic check still refuses.
     let store = h.store();
