@@ -12,6 +12,14 @@
 //!    users each paying random others over a kept-alive connection, each
 //!    with a fresh `Idempotency-Key`: payments/s, p50/p99.
 //!
+//! Each path runs twice: closed loop (each caller sends its next request as
+//! soon as its last one is answered: the most the mesh does) and paced at
+//! the target rate ([`DIRECT_RATE`], [`E2E_RATE`]): requests are sent on a
+//! fixed schedule whatever the answers, and each latency counts from the
+//! request's scheduled time, so a stall shows in every request it delays
+//! (no coordinated omission). The paced p50/p99 is the latency at the
+//! target throughput.
+//!
 //! After each phase: the CPU each process used, as a share of one core over
 //! the phase (where the time goes), and `trustmesh wallet check`.
 //!
@@ -50,6 +58,10 @@ fn phase() -> Duration {
         .unwrap_or(10);
     Duration::from_secs(secs)
 }
+/// The offered load of the paced `wallet.Transfer` phase (the target).
+const DIRECT_RATE: u32 = 3_000;
+/// The offered load of the paced `POST /payments` phase (the target).
+const E2E_RATE: u32 = 1_000;
 /// Calls made before the measurement starts (connections, caches).
 const WARMUP: Duration = Duration::from_secs(2);
 /// HTTP/2 connections the direct callers share (a service's mesh client
@@ -271,6 +283,59 @@ where
     all
 }
 
+/// Sends `call` at `rate` per second for [`WARMUP`] then [`phase`], each
+/// request on its own schedule (the `n`-th at `n / rate` s) from caller
+/// `n % CALLERS`, whatever the answers; keeps the latencies of the measured
+/// part, each from its request's scheduled time.
+async fn paced<F, Fut>(mesh: &Mesh, rate: u32, call: F) -> Outcome
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let start = tokio::time::Instant::now();
+    let measured_from = start + WARMUP;
+    let total = u64::from(rate) * (WARMUP + phase()).as_secs();
+    let mut requests = Vec::with_capacity(total as usize);
+    let mut before = None;
+    for n in 0..total {
+        let at = start + Duration::from_secs_f64(n as f64 / f64::from(rate));
+        tokio::time::sleep_until(at).await;
+        if before.is_none() && at >= measured_from {
+            before = Some((cpu_snapshot(mesh), Instant::now()));
+        }
+        let call = call.clone();
+        requests.push(tokio::spawn(async move {
+            let result = call(n as usize % CALLERS, n).await;
+            (at, at.elapsed(), result)
+        }));
+    }
+    let after = cpu_snapshot(mesh);
+    let wall = before.as_ref().map(|(_, started)| started.elapsed());
+    let mut outcome = Outcome {
+        latencies: Vec::new(),
+        errors: 0,
+        first_error: None,
+    };
+    for request in requests {
+        let (at, latency, result) = request.await.unwrap();
+        if at < measured_from {
+            continue;
+        }
+        match result {
+            Ok(()) => outcome.latencies.push(latency),
+            Err(e) => {
+                outcome.errors += 1;
+                outcome.first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let (Some((before, _)), Some(wall)) = (before, wall) {
+        print_cpu(&before, &after, wall);
+    }
+    outcome
+}
+
 /// A small pseudo-random number from (caller, n): no shared RNG state.
 fn pick(caller: usize, n: u64, salt: u64, modulo: usize) -> usize {
     let mut x = (caller as u64)
@@ -398,7 +463,7 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
         // 1. wallet.Transfer, directly, as the payment workload.
         let clients = Arc::new(wallet_clients(&mesh, &payment));
         let accounts = Arc::new(accounts);
-        let mut outcome = drive(&mesh, move |caller, n| {
+        let transfer = move |caller: usize, n: u64| {
             let mut client = clients[caller % CHANNELS].clone();
             let accounts = accounts.clone();
             async move {
@@ -419,10 +484,15 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
                     .map(drop)
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
             }
-        })
-        .await;
+        };
+        let mut outcome = drive(&mesh, transfer.clone()).await;
         report(
-            &format!("wallet.Transfer direct, {CALLERS} callers"),
+            &format!("wallet.Transfer direct, {CALLERS} callers, closed loop"),
+            &mut outcome,
+        );
+        let mut outcome = paced(&mesh, DIRECT_RATE, transfer).await;
+        report(
+            &format!("wallet.Transfer direct, paced at {DIRECT_RATE}/s"),
             &mut outcome,
         );
 
@@ -436,7 +506,7 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
         }
         let connections = Arc::new(connections);
         let users = Arc::new(users.clone());
-        let mut outcome = drive(&mesh, move |caller, n| {
+        let pay = move |caller: usize, n: u64| {
             let (connections, users) = (connections.clone(), users.clone());
             async move {
                 let (_, token) = &users[caller];
@@ -465,10 +535,15 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
                     Err(format!("{} {}", reply.status, reply.body))
                 }
             }
-        })
-        .await;
+        };
+        let mut outcome = drive(&mesh, pay.clone()).await;
         report(
-            &format!("POST /payments end to end, {CALLERS} users"),
+            &format!("POST /payments end to end, {CALLERS} users, closed loop"),
+            &mut outcome,
+        );
+        let mut outcome = paced(&mesh, E2E_RATE, pay).await;
+        report(
+            &format!("POST /payments end to end, paced at {E2E_RATE}/s"),
             &mut outcome,
         );
     });
