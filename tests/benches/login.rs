@@ -189,6 +189,15 @@ async fn login_level(
     (totals, mfas)
 }
 
+/// One client per user of the largest level, each on a new connection.
+async fn connect_clients(addr: std::net::SocketAddr, ca: &Path) -> Vec<Arc<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..LEVELS[LEVELS.len() - 1] {
+        clients.push(Arc::new(Client::connect(addr, ca).await));
+    }
+    clients
+}
+
 /// Registers users `from..to` with `clients`, all at once; returns them and
 /// the latencies of their register calls.
 async fn register_all(
@@ -242,10 +251,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut clients = Vec::new();
-        for _ in 0..50 {
-            clients.push(Arc::new(Client::connect(addr, &ca).await));
-        }
+        let clients = connect_clients(addr, &ca).await;
         // Warm up the path (connections, JWKS caches).
         let _ = register(&clients[0], 9999).await;
 
@@ -264,6 +270,8 @@ fn main() {
         let (rest, _) = register_all(&clients, users.len(), per_level * LEVELS.len()).await;
         users.extend(rest);
         for (level, concurrency) in LEVELS.into_iter().enumerate() {
+            // Fresh connections: the gateway closes the ones a level left idle.
+            let clients = connect_clients(addr, &ca).await;
             let level_users = Arc::new(users[level * per_level..][..per_level].to_vec());
             assert!(level_users.iter().all(|u| u.recovery.len() == CODES));
             let (mut totals, mut mfas) = login_level(&clients, &level_users, concurrency).await;
@@ -283,6 +291,7 @@ fn main() {
         // The floor: one client at a time, TOTP, nothing else running. The
         // code of the next time step (within the accepted window) is fresh
         // even for a user who confirmed in this one.
+        let clients = connect_clients(addr, &ca).await;
         let mut mfas = Vec::new();
         for (client, user) in clients.iter().zip(users.iter()) {
             let ticket = password_step(client, &user.email).await;
