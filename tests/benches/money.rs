@@ -195,10 +195,24 @@ fn print_cpu(
 }
 
 /// Latencies and errors of one phase.
+#[derive(Default)]
 struct Outcome {
     latencies: Vec<Duration>,
     errors: usize,
     first_error: Option<String>,
+}
+
+impl Outcome {
+    /// Counts one request's result, answered after `latency`.
+    fn record(&mut self, result: Result<(), String>, latency: Duration) {
+        match result {
+            Ok(()) => self.latencies.push(latency),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+            }
+        }
+    }
 }
 
 fn report(what: &str, outcome: &mut Outcome) {
@@ -233,11 +247,7 @@ where
     for caller in 0..CALLERS {
         let (call, measuring, stop) = (call.clone(), measuring.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let mut outcome = Outcome {
-                latencies: Vec::new(),
-                errors: 0,
-                first_error: None,
-            };
+            let mut outcome = Outcome::default();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
@@ -247,13 +257,7 @@ where
                 if !counted || stop.load(Ordering::Relaxed) {
                     continue;
                 }
-                match result {
-                    Ok(()) => outcome.latencies.push(started.elapsed()),
-                    Err(e) => {
-                        outcome.errors += 1;
-                        outcome.first_error.get_or_insert(e);
-                    }
-                }
+                outcome.record(result, started.elapsed());
             }
             outcome
         }));
@@ -266,11 +270,7 @@ where
     stop.store(true, Ordering::Relaxed);
     let wall = started.elapsed();
     let after = cpu_snapshot(mesh);
-    let mut all = Outcome {
-        latencies: Vec::new(),
-        errors: 0,
-        first_error: None,
-    };
+    let mut all = Outcome::default();
     for task in tasks {
         let outcome = task.await.unwrap();
         all.latencies.extend(outcome.latencies);
@@ -312,23 +312,13 @@ where
     }
     let after = cpu_snapshot(mesh);
     let wall = before.as_ref().map(|(_, started)| started.elapsed());
-    let mut outcome = Outcome {
-        latencies: Vec::new(),
-        errors: 0,
-        first_error: None,
-    };
+    let mut outcome = Outcome::default();
     for request in requests {
         let (at, latency, result) = request.await.unwrap();
         if at < measured_from {
             continue;
         }
-        match result {
-            Ok(()) => outcome.latencies.push(latency),
-            Err(e) => {
-                outcome.errors += 1;
-                outcome.first_error.get_or_insert(e);
-            }
-        }
+        outcome.record(result, latency);
     }
     if let (Some((before, _)), Some(wall)) = (before, wall) {
         print_cpu(&before, &after, wall);

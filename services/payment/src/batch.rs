@@ -110,18 +110,23 @@ async fn write_all(
         .collect();
     let inserted = insert_pending(conn, backend, &pending).await?;
 
-    // The first request finishing each payment; a later one in the same
-    // batch finds it finished.
+    // Which requests are the first to finish their payment; a later one in
+    // the same batch finds it finished.
     let mut seen = HashSet::new();
-    let first_finishes: Vec<&PaymentWrite> = items
+    let first_finish: Vec<bool> = items
         .iter()
-        .filter(|item| match item {
+        .map(|item| match item {
             PaymentWrite::Finish { payment_id, .. } => seen.insert(payment_id.as_str()),
             PaymentWrite::Pending { .. } => false,
         })
         .collect();
-    let moved = finish(conn, backend, &first_finishes).await?;
-    let events: Vec<Event> = first_finishes
+    let finishes: Vec<&PaymentWrite> = items
+        .iter()
+        .zip(&first_finish)
+        .filter_map(|(item, first)| first.then_some(item))
+        .collect();
+    let moved = finish(conn, backend, &finishes).await?;
+    let events: Vec<Event> = finishes
         .iter()
         .filter_map(|item| match item {
             PaymentWrite::Finish {
@@ -132,20 +137,18 @@ async fn write_all(
         .collect();
     trustmesh_events::outbox::record_all_on(conn, &events).await?;
 
-    let mut answered_finish = HashSet::new();
     Ok(items
         .iter()
-        .map(|item| match item {
+        .zip(first_finish)
+        .map(|(item, first)| match item {
             PaymentWrite::Pending { payment_id, .. } => inserted.contains(payment_id),
-            PaymentWrite::Finish { payment_id, .. } => {
-                answered_finish.insert(payment_id.as_str()) && moved.contains(payment_id)
-            }
+            PaymentWrite::Finish { payment_id, .. } => first && moved.contains(payment_id),
         })
         .collect())
 }
 
-/// Bound values of one PENDING row (its creation time twice on SQLite).
-const PENDING_PARAMS: usize = 8;
+/// Bound values of one PENDING row: every column, the creation time twice.
+const PENDING_PARAMS: usize = 10;
 
 /// Inserts the PENDING rows; the ids of those stored.
 async fn insert_pending(
@@ -155,25 +158,11 @@ async fn insert_pending(
 ) -> Result<HashSet<String>, StoreError> {
     let mut inserted = HashSet::new();
     for chunk in rows.chunks(sql::max_rows(PENDING_PARAMS)) {
-        let values = (0..chunk.len())
-            .map(|n| {
-                // Numbered on PostgreSQL, which binds the time once.
-                let first = 1 + n * (PENDING_PARAMS - 1);
-                format!(
-                    "({}, 'PENDING', NULL, {}, {})",
-                    sql::list(backend, 6, first),
-                    sql::list(backend, 1, first + 6),
-                    sql::list(backend, 1, first + 6),
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        // The creation time fills both time columns: bind it twice on
-        // SQLite's anonymous placeholders, once per `$n` on PostgreSQL.
         let statement = format!(
             "INSERT INTO payments (payment_id, payer_id, receiver_id, amount, currency, \
-             idempotency_key, status, failure_reason, created_at, updated_at) VALUES {values} \
-             ON CONFLICT DO NOTHING RETURNING payment_id"
+             idempotency_key, status, failure_reason, created_at, updated_at) VALUES {} \
+             ON CONFLICT DO NOTHING RETURNING payment_id",
+            sql::rows(backend, chunk.len(), PENDING_PARAMS, 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
         for row in chunk {
@@ -190,10 +179,10 @@ async fn insert_pending(
                     .bind(payment.amount)
                     .bind(&payment.currency)
                     .bind(&payment.idempotency_key)
+                    .bind(PaymentStatus::Pending.as_str())
+                    .bind(None::<&str>)
+                    .bind(at)
                     .bind(at);
-                if backend == Backend::Sqlite {
-                    query = query.bind(at);
-                }
             }
         }
         for row in query.fetch_all(&mut *conn).await? {
