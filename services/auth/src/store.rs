@@ -10,7 +10,8 @@ use sqlx::{AnyConnection, Row};
 use trustmesh_events::outbox::record_on;
 use trustmesh_events::{Event, action};
 use trustmesh_store::group_commit::Writer;
-use trustmesh_store::{Db, StoreError};
+use trustmesh_store::sql::backend_of;
+use trustmesh_store::{Backend, Db, StoreError};
 
 use crate::lockout::LockoutPolicy;
 
@@ -241,6 +242,18 @@ async fn record_failure_in(
     now: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
     let user_id = failure.account.map(|a| a.user_id.as_str());
+    if let Some(user_id) = user_id
+        && backend_of(conn) == Some(Backend::Postgres)
+    {
+        // One failure of an account at a time: concurrent attempts would
+        // each count only the failures committed before their own
+        // statement, and together pass the limit without a lock. (SQLite
+        // runs every write of the auth store in one writer, in turn.)
+        sqlx::query("SELECT user_id FROM accounts WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query("INSERT INTO login_failures (id, user_id, client_ip, at) VALUES ($1, $2, $3, $4)")
         .bind(uuid::Uuid::now_v7().to_string())
         .bind(user_id)
