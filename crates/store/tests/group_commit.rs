@@ -201,7 +201,7 @@ async fn sqlite_batches_concurrent_units() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_log_rewinds_under_a_steady_stream_of_writes() {
     const CALLERS: i64 = 32;
-    const UNITS: i64 = 125;
+    const UNITS: i64 = 250;
     const BODY: usize = 8 * 1024;
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(Backend::Sqlite, dir.path()).await;
