@@ -15,8 +15,10 @@
 //! 2. one `SELECT` of every touched user wallet with its balance (on
 //!    PostgreSQL `FOR UPDATE`, in `account_id` order, so batches of several
 //!    replicas and single postings lock in one order and cannot deadlock);
-//! 3. where a transfer carries a 24 h limit, one `SELECT` of its payers'
-//!    payment volumes of the last 24 h;
+//! 3. where a transfer carries a 24 h limit, one `SELECT` of the running
+//!    total of each such payer's last payment before the window: its volume
+//!    is its wallet's running total minus that (migration 0003), two index
+//!    lookups instead of a sum over every payment of the window;
 //! 4. in memory, in arrival order, each transfer is applied or refused on
 //!    its own: an overdraw ([`LedgerError::InsufficientFunds`]), a balance
 //!    leaving the `i64` range ([`LedgerError::Overflow`]) or a volume above
@@ -26,11 +28,17 @@
 //!    payment covered only by a credit earlier in the same batch goes
 //!    through);
 //! 5. the accepted transfers are written with multi-row `INSERT`s: new
-//!    wallets (created with their final balance), transfers, entries, and
-//!    outbox events; and one `UPDATE … FROM (VALUES …)` sets every other
-//!    touched wallet to its final balance, guarded by the balance read in
-//!    step 2 (a wallet changed under the batch fails it instead of losing
-//!    an update).
+//!    wallets (created with their final balance and running total),
+//!    transfers (each payment with its payer's running total after it),
+//!    entries, and outbox events; and one `UPDATE … FROM (VALUES …)` sets
+//!    every other touched wallet to its final balance and running total,
+//!    guarded by what step 2 read (a wallet changed under the batch fails
+//!    it instead of losing an update).
+//!
+//! The batch's transfers are stamped after step 2, when every payer's
+//! wallet is locked (or, on SQLite, the batch holds the write lock): a
+//! payer's payments are in time order along its running total, which the
+//! volume lookup relies on.
 //!
 //! A refused transfer writes nothing. Every event is in the same
 //! transaction as its change, and no caller hears back before the commit
@@ -54,12 +62,10 @@ use trustmesh_store::group_commit::{BatchHandler, BatchOutcome};
 use trustmesh_store::sql::{self, backend_of};
 use trustmesh_store::{Backend, StoreError};
 
-use crate::ledger::{
-    LedgerError, NewTransfer, Posted, TransferKind, TransferRecord, VOLUME_WINDOW, timestamp,
-};
+use crate::ledger::{LedgerError, NewTransfer, Posted, TransferRecord, VOLUME_WINDOW, timestamp};
 use crate::store::{
-    TRANSFER_COLUMNS, post_in, posting_event, transfer_on, transfer_posting, transfer_record,
-    volume_check,
+    TRANSFER_COLUMNS, post_in, posting_event, total_before_sql, transfer_on, transfer_posting,
+    transfer_record, volume_check,
 };
 
 /// The most transfers one run posts: every statement of a run stays far
@@ -143,13 +149,18 @@ struct Wallet {
     account_id: String,
     /// The balance after the transfers applied so far.
     balance: i64,
-    /// The balance read from the database; `None`: created by this run.
-    read: Option<i64>,
+    /// The running total of its payments after the transfers applied so far.
+    out_total: i64,
+    /// The balance and running total read from the database; `None`:
+    /// created by this run.
+    read: Option<Totals>,
 }
 
 /// A transfer the run accepted.
 struct Accepted {
     record: TransferRecord,
+    /// A payment: its payer's running total after it.
+    out_total_after: Option<i64>,
     debit: Leg,
     credit: Leg,
 }
@@ -164,6 +175,10 @@ struct Leg {
 /// (owner, currency): a user wallet's key.
 type Key = (String, String);
 
+/// (balance, running total of payments): what a wallet row holds that a
+/// run changes.
+type Totals = (i64, i64);
+
 /// Posts `run` (distinct ids, at most [`MAX_RUN`]) with a fixed number of
 /// statements; one outcome per transfer, in order.
 async fn post_run(
@@ -171,9 +186,6 @@ async fn post_run(
     backend: Backend,
     run: &[NewTransfer],
 ) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
-    let now = OffsetDateTime::now_utc();
-    let created_at = timestamp(now);
-
     // 1. Retries: the transfers that already exist.
     let existing = existing_transfers(conn, backend, run).await?;
     let mut outcomes: Vec<Option<Result<Posted, LedgerError>>> = run
@@ -203,22 +215,28 @@ async fn post_run(
             .flat_map(|t| [t.from_user.as_str(), t.to_user.as_str()])
             .collect();
         let mut wallets = read_wallets(conn, backend, &owners).await?;
+        // Stamped now that the wallets are locked (see the module docs).
+        let now = OffsetDateTime::now_utc();
+        let created_at = timestamp(now);
 
-        // 3. The 24 h volumes of the payers with a limit.
-        let payers: BTreeSet<&str> = fresh
+        // 3. Where the 24 h volume is limited: each payer's running total
+        // before the window (a payer without a wallet holds nothing, and
+        // is refused before its volume matters).
+        let limited: BTreeSet<Key> = fresh
             .iter()
             .filter_map(|&i| run.get(i))
             .filter(|t| t.outgoing_limit_24h.is_some())
-            .map(|t| t.from_user.as_str())
+            .map(|t| (t.from_user.clone(), t.currency.clone()))
+            .filter(|key| wallets.contains_key(key))
             .collect();
-        let mut volumes =
-            read_volumes(conn, backend, &payers, &timestamp(now - VOLUME_WINDOW)).await?;
+        let before =
+            read_totals_before(conn, backend, &limited, &timestamp(now - VOLUME_WINDOW)).await?;
 
         // 4. Apply in arrival order.
         let mut accepted = Vec::with_capacity(fresh.len());
         for &i in &fresh {
             let Some(t) = run.get(i) else { continue };
-            let outcome = apply(t, &created_at, &mut wallets, &mut volumes);
+            let outcome = apply(t, &created_at, &mut wallets, &before);
             if let Some(slot) = outcomes.get_mut(i) {
                 *slot = Some(match outcome {
                     Ok(a) => {
@@ -251,20 +269,21 @@ async fn post_run(
         .collect()
 }
 
-/// Applies `t` to the running `wallets` and `volumes`, or refuses it
-/// without changing them.
+/// Applies `t` to the running `wallets`, or refuses it without changing
+/// them. `before`: the running totals before the window of the payers whose
+/// volume is limited.
 fn apply(
     t: &NewTransfer,
     created_at: &str,
     wallets: &mut HashMap<Key, Wallet>,
-    volumes: &mut HashMap<Key, i64>,
+    before: &HashMap<Key, i64>,
 ) -> Result<Accepted, LedgerError> {
     let from_key = (t.from_user.clone(), t.currency.clone());
     let to_key = (t.to_user.clone(), t.currency.clone());
     // A user without a wallet in this currency holds nothing.
-    let from_balance = wallets
+    let (from_balance, from_total) = wallets
         .get(&from_key)
-        .map(|w| w.balance)
+        .map(|w| (w.balance, w.out_total))
         .ok_or(LedgerError::InsufficientFunds)?;
     if from_balance < t.amount {
         return Err(LedgerError::InsufficientFunds);
@@ -273,8 +292,17 @@ fn apply(
     let to_after = to_balance
         .checked_add(t.amount)
         .ok_or(LedgerError::Overflow)?;
+    let out_total_after = if t.kind.counts_toward_volume() {
+        Some(
+            from_total
+                .checked_add(t.amount)
+                .ok_or(LedgerError::Overflow)?,
+        )
+    } else {
+        None
+    };
     if let Some(limit) = t.outgoing_limit_24h {
-        let volume = volumes.get(&from_key).copied().unwrap_or_default();
+        let volume = from_total - before.get(&from_key).copied().unwrap_or_default();
         volume_check(volume, t.amount, limit)?;
     }
 
@@ -285,6 +313,9 @@ fn apply(
     let from_account = match wallets.get_mut(&from_key) {
         Some(w) => {
             w.balance = from_after;
+            if let Some(total) = out_total_after {
+                w.out_total = total;
+            }
             w.account_id.clone()
         }
         None => return Err(LedgerError::InsufficientFunds),
@@ -292,14 +323,11 @@ fn apply(
     let to_wallet = wallets.entry(to_key).or_insert_with(|| Wallet {
         account_id: uuid::Uuid::now_v7().to_string(),
         balance: 0,
+        out_total: 0,
         read: None,
     });
     to_wallet.balance = to_after;
     let to_account = to_wallet.account_id.clone();
-    if t.kind == TransferKind::Payment {
-        let volume = volumes.entry(from_key).or_default();
-        *volume = volume.saturating_add(t.amount);
-    }
     Ok(Accepted {
         record: TransferRecord {
             transfer_id: t.transfer_id.clone(),
@@ -312,6 +340,7 @@ fn apply(
             reference: t.reference.clone(),
             created_at: created_at.to_owned(),
         },
+        out_total_after,
         debit: Leg {
             entry_id: debit_id,
             account_id: from_account,
@@ -363,7 +392,7 @@ async fn read_wallets(
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "SELECT account_id, owner, currency, balance FROM accounts \
+            "SELECT account_id, owner, currency, balance, out_total FROM accounts \
              WHERE kind = 'user' AND owner IN ({}){lock}",
             sql::list(backend, chunk.len(), 1)
         );
@@ -373,12 +402,14 @@ async fn read_wallets(
         }
         for row in query.fetch_all(&mut *conn).await? {
             let balance: i64 = row.try_get("balance")?;
+            let out_total: i64 = row.try_get("out_total")?;
             wallets.insert(
                 (row.try_get("owner")?, row.try_get("currency")?),
                 Wallet {
                     account_id: row.try_get("account_id")?,
                     balance,
-                    read: Some(balance),
+                    out_total,
+                    read: Some((balance, out_total)),
                 },
             );
         }
@@ -386,35 +417,40 @@ async fn read_wallets(
     Ok(wallets)
 }
 
-/// The payments of `payers` since `since`, by (payer, currency).
-async fn read_volumes(
+/// The running total of each payer's last payment before `since`, by
+/// (payer, currency); a payer with no payment before then is absent (0).
+async fn read_totals_before(
     conn: &mut AnyConnection,
     backend: Backend,
-    payers: &BTreeSet<&str>,
+    keys: &BTreeSet<Key>,
     since: &str,
 ) -> Result<HashMap<Key, i64>, LedgerError> {
-    let mut volumes = HashMap::new();
-    let payers: Vec<&str> = payers.iter().copied().collect();
-    for chunk in payers.chunks(sql::max_rows(1) - 1) {
+    let mut totals = HashMap::with_capacity(keys.len());
+    let keys: Vec<&Key> = keys.iter().collect();
+    for chunk in keys.chunks(sql::max_rows(2) - 1) {
+        // `since` comes first in the text (SQLite binds `?` in order).
         let sql = format!(
-            "SELECT from_owner, currency, CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS volume \
-             FROM transfers WHERE kind = 'payment' AND created_at >= {} \
-             AND from_owner IN ({}) GROUP BY from_owner, currency",
-            sql::list(backend, 1, 1),
-            sql::list(backend, chunk.len(), 2)
+            "SELECT v.column1 AS owner, v.column2 AS currency, ({}) AS total \
+             FROM (VALUES {}) AS v",
+            total_before_sql(
+                "v.column1",
+                "v.column2",
+                "'payment'",
+                &sql::list(backend, 1, 1)
+            ),
+            sql::rows(backend, chunk.len(), 2, 2)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(since);
-        for payer in chunk {
-            query = query.bind(*payer);
+        for (owner, currency) in chunk {
+            query = query.bind(owner).bind(currency);
         }
         for row in query.fetch_all(&mut *conn).await? {
-            volumes.insert(
-                (row.try_get("from_owner")?, row.try_get("currency")?),
-                row.try_get("volume")?,
-            );
+            if let Some(total) = row.try_get::<Option<i64>, _>("total")? {
+                totals.insert((row.try_get("owner")?, row.try_get("currency")?), total);
+            }
         }
     }
-    Ok(volumes)
+    Ok(totals)
 }
 
 /// Writes the accepted transfers: new wallets, transfers, entries, the
@@ -431,10 +467,10 @@ async fn write(
     let mut created: Vec<(&Key, &Wallet)> =
         wallets.iter().filter(|(_, w)| w.read.is_none()).collect();
     created.sort_unstable_by(|a, b| a.1.account_id.cmp(&b.1.account_id));
-    for chunk in created.chunks(sql::max_rows(5)) {
+    for chunk in created.chunks(sql::max_rows(USER_ROW_PARAMS)) {
         let sql = format!(
-            "INSERT INTO accounts (account_id, kind, owner, currency, balance, created_at) \
-             VALUES {}",
+            "INSERT INTO accounts (account_id, kind, owner, currency, balance, out_total, \
+             created_at) VALUES {}",
             user_rows(backend, chunk.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -444,6 +480,7 @@ async fn write(
                 .bind(owner)
                 .bind(currency)
                 .bind(wallet.balance)
+                .bind(wallet.out_total)
                 .bind(created_at);
         }
         query.execute(&mut *conn).await?;
@@ -451,10 +488,10 @@ async fn write(
 
     // The transfers. A concurrent replica that took one of these ids
     // since step 1 (PostgreSQL) fails the run: the fallback sorts it out.
-    const TRANSFER_PARAMS: usize = 10;
+    const TRANSFER_PARAMS: usize = 11;
     for chunk in accepted.chunks(sql::max_rows(TRANSFER_PARAMS)) {
         let sql = format!(
-            "INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES {}",
+            "INSERT INTO transfers ({TRANSFER_COLUMNS}, out_total_after) VALUES {}",
             sql::rows(backend, chunk.len(), TRANSFER_PARAMS, 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -470,7 +507,8 @@ async fn write(
                 .bind(&r.currency)
                 .bind(&r.reference)
                 .bind(None::<String>)
-                .bind(&r.created_at);
+                .bind(&r.created_at)
+                .bind(a.out_total_after);
         }
         query.execute(&mut *conn).await?;
     }
@@ -507,24 +545,33 @@ async fn write(
         query.execute(&mut *conn).await?;
     }
 
-    // Every other touched wallet's final balance, guarded by the one read.
-    let mut changed: Vec<(&str, i64, i64)> = wallets
+    // Every other touched wallet's final balance and running total,
+    // guarded by the one read.
+    let mut changed: Vec<(&str, Totals, Totals)> = wallets
         .values()
         .filter_map(|w| match w.read {
-            Some(read) if read != w.balance => Some((w.account_id.as_str(), w.balance, read)),
+            Some(read) if read != (w.balance, w.out_total) => {
+                Some((w.account_id.as_str(), (w.balance, w.out_total), read))
+            }
             _ => None,
         })
         .collect();
     changed.sort_unstable();
-    for chunk in changed.chunks(sql::max_rows(3)) {
+    for chunk in changed.chunks(sql::max_rows(5)) {
         let sql = format!(
-            "UPDATE accounts SET balance = v.column2 FROM (VALUES {}) AS v \
-             WHERE accounts.account_id = v.column1 AND accounts.balance = v.column3",
-            sql::rows(backend, chunk.len(), 3, 1)
+            "UPDATE accounts SET balance = v.column2, out_total = v.column3 \
+             FROM (VALUES {}) AS v WHERE accounts.account_id = v.column1 \
+             AND accounts.balance = v.column4 AND accounts.out_total = v.column5",
+            sql::rows(backend, chunk.len(), 5, 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (account_id, balance, read) in chunk {
-            query = query.bind(*account_id).bind(*balance).bind(*read);
+        for (account_id, (balance, out_total), (read_balance, read_total)) in chunk {
+            query = query
+                .bind(*account_id)
+                .bind(*balance)
+                .bind(*out_total)
+                .bind(*read_balance)
+                .bind(*read_total);
         }
         let updated = query.execute(&mut *conn).await?;
         if updated.rows_affected() != chunk.len() as u64 {
@@ -540,19 +587,22 @@ async fn write(
     Ok(())
 }
 
+/// The bound parameters of one row of [`user_rows`].
+const USER_ROW_PARAMS: usize = 6;
+
 /// `rows` rows of `(account_id, 'user', owner, currency, balance,
-/// created_at)` with five bound parameters each.
+/// out_total, created_at)` with [`USER_ROW_PARAMS`] bound parameters each.
 fn user_rows(backend: Backend, rows: usize) -> String {
     let mut out = String::new();
     for row in 0..rows {
         if row > 0 {
             out.push_str(", ");
         }
-        let first = 1 + row * 5;
+        let first = 1 + row * USER_ROW_PARAMS;
         out.push('(');
         out.push_str(&sql::list(backend, 1, first));
         out.push_str(", 'user', ");
-        out.push_str(&sql::list(backend, 4, first + 1));
+        out.push_str(&sql::list(backend, USER_ROW_PARAMS - 1, first + 1));
         out.push(')');
     }
     out

@@ -34,6 +34,13 @@ impl TransferKind {
         }
     }
 
+    /// Whether a transfer of this kind counts toward its sender's rolling
+    /// 24 h volume: a user's payments and an agent's deposits do,
+    /// rollbacks never.
+    pub fn counts_toward_volume(self) -> bool {
+        matches!(self, Self::Payment | Self::Deposit)
+    }
+
     /// The kind named `s` (as stored).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -241,8 +248,10 @@ pub enum LedgerError {
     /// The paying wallet does not hold the amount (`FAILED_PRECONDITION`).
     #[error("insufficient_funds: the wallet does not hold the amount")]
     InsufficientFunds,
-    /// A balance would leave the `i64` range (`INVALID_ARGUMENT`).
-    #[error("amount_overflow: the amount would overflow a balance")]
+    /// A balance, or the sender's running total of what it sent (which
+    /// the 24 h volumes are read from), would leave the `i64` range
+    /// (`INVALID_ARGUMENT`).
+    #[error("amount_overflow: the amount would overflow a balance or a running total")]
     Overflow,
     /// The idempotency key was used for a different request (`ALREADY_EXISTS`).
     #[error("idempotency_conflict: this key was used for a different request")]

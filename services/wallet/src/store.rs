@@ -32,8 +32,12 @@
 //!    deadlock): the debit is `balance = balance - amount WHERE balance >= amount`
 //!    for a user wallet (an overdraw updates nothing and the transaction is
 //!    dropped), and both sides are bounded so no balance leaves the `i64` range;
-//! 4. check 24 h volumes where asked (after the debit locked the payer's
-//!    account, so concurrent postings by the same payer are serialised);
+//! 4. for a payment or deposit, after the debit locked the sender's account
+//!    (so its concurrent postings are serialised): stamp the transfer with
+//!    the time and the sender's running total after it, raise that total,
+//!    and check the 24 h volume where asked — the running total minus the
+//!    total of the sender's last such transfer before the window (migration
+//!    0003);
 //! 5. insert both entries and the outbox event, commit.
 //!
 //! Serialization failures and deadlocks (PostgreSQL `40001`/`40P01`) and
@@ -319,8 +323,7 @@ pub(crate) async fn post_in(
     let (from_owner, to_owner) = (p.from_owner.as_str(), p.to_owner.as_str());
     let (currency, reference) = (p.currency.as_str(), p.reference.as_str());
     let agent = p.agent.as_deref();
-    let now = OffsetDateTime::now_utc();
-    let created_at = timestamp(now);
+    let claimed_at = timestamp(OffsetDateTime::now_utc());
 
     // 1. Claim the idempotency key (and SQLite's write lock).
     let claimed = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -336,7 +339,7 @@ pub(crate) async fn post_in(
     .bind(currency)
     .bind(reference)
     .bind(agent)
-    .bind(&created_at)
+    .bind(&claimed_at)
     .execute(&mut *conn)
     .await?;
     if claimed.rows_affected() == 0 {
@@ -369,7 +372,7 @@ pub(crate) async fn post_in(
             .bind(kind.as_str())
             .bind(*owner)
             .bind(currency)
-            .bind(&created_at)
+            .bind(&claimed_at)
             .execute(&mut *conn)
             .await?;
         }
@@ -388,6 +391,7 @@ pub(crate) async fn post_in(
     ];
     legs.sort_unstable_by(|a, b| a.1.cmp(b.1));
     let mut from_after = 0;
+    let mut from_total = 0;
     let mut to_after = 0;
     for (side, account) in legs {
         match side {
@@ -398,16 +402,16 @@ pub(crate) async fn post_in(
                     AccountKind::User => p.amount,
                     AccountKind::Agent => i64::MIN + p.amount,
                 };
-                let after: Option<i64> = sqlx::query_scalar(
+                let after: Option<(i64, i64)> = sqlx::query_as(
                     "UPDATE accounts SET balance = balance - $1 \
-                         WHERE account_id = $2 AND balance >= $3 RETURNING balance",
+                         WHERE account_id = $2 AND balance >= $3 RETURNING balance, out_total",
                 )
                 .bind(p.amount)
                 .bind(account)
                 .bind(floor)
                 .fetch_optional(&mut *conn)
                 .await?;
-                from_after = match (after, p.from_kind) {
+                (from_after, from_total) = match (after, p.from_kind) {
                     (Some(after), _) => after,
                     (None, AccountKind::User) => return Err(LedgerError::InsufficientFunds),
                     (None, AccountKind::Agent) => return Err(LedgerError::Overflow),
@@ -428,26 +432,37 @@ pub(crate) async fn post_in(
         }
     }
 
-    // 4. Volume limits, now that the payer's account is locked.
-    if let Some(check) = check {
-        let volume_kind = match p.kind {
-            TransferKind::Deposit => TransferKind::Deposit,
-            _ => TransferKind::Payment,
-        };
-        let volume: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM transfers \
-                 WHERE from_owner = $1 AND currency = $2 AND created_at >= $3 \
-                 AND kind = $4 AND transfer_id <> $5",
+    // 4. The sender's running total and volume limit, now that its account
+    // is locked: the transfer is stamped after the lock, so the sender's
+    // transfers are in time order along its running total.
+    let created_at = if p.kind.counts_toward_volume() {
+        let now = OffsetDateTime::now_utc();
+        let created_at = timestamp(now);
+        let total_after = from_total
+            .checked_add(p.amount)
+            .ok_or(LedgerError::Overflow)?;
+        if let Some(check) = check {
+            let since = timestamp(now - VOLUME_WINDOW);
+            let before = total_before(conn, from_owner, currency, p.kind, &since).await?;
+            check(from_total - before)?;
+        }
+        sqlx::query("UPDATE accounts SET out_total = $1 WHERE account_id = $2")
+            .bind(total_after)
+            .bind(&from_account)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "UPDATE transfers SET out_total_after = $1, created_at = $2 WHERE transfer_id = $3",
         )
-        .bind(from_owner)
-        .bind(currency)
-        .bind(timestamp(now - VOLUME_WINDOW))
-        .bind(volume_kind.as_str())
+        .bind(total_after)
+        .bind(&created_at)
         .bind(&p.transfer_id)
-        .fetch_one(&mut *conn)
+        .execute(&mut *conn)
         .await?;
-        check(volume)?;
-    }
+        created_at
+    } else {
+        claimed_at
+    };
 
     // 5. The entries (debit first: its v7 id is older) and the event.
     sqlx::query(
@@ -483,6 +498,41 @@ pub(crate) async fn post_in(
     let event = posting_event(&record);
     trustmesh_events::outbox::record_on(conn, &event).await?;
     Ok(Some(record))
+}
+
+/// `SELECT` of the running total of the last transfer of a sender that
+/// counts toward its volume, of one kind in one currency, stamped before a
+/// time (no row: none, a total of 0). The arguments are SQL expressions:
+/// placeholders, or columns of an outer query.
+pub(crate) fn total_before_sql(owner: &str, currency: &str, kind: &str, since: &str) -> String {
+    format!(
+        "SELECT t.out_total_after FROM transfers t \
+         WHERE t.from_owner = {owner} AND t.currency = {currency} AND t.kind = {kind} \
+         AND t.created_at < {since} AND t.out_total_after IS NOT NULL \
+         ORDER BY t.created_at DESC, t.out_total_after DESC LIMIT 1"
+    )
+}
+
+/// The running total of `owner`'s last transfer of `kind` in `currency`
+/// stamped before `since` (0 when there is none): its volume since then is
+/// its current total minus this.
+async fn total_before(
+    conn: &mut AnyConnection,
+    owner: &str,
+    currency: &str,
+    kind: TransferKind,
+    since: &str,
+) -> Result<i64, sqlx::Error> {
+    let before: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(total_before_sql(
+        "$1", "$2", "$3", "$4",
+    )))
+    .bind(owner)
+    .bind(currency)
+    .bind(kind.as_str())
+    .bind(since)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(before.unwrap_or(0))
 }
 
 /// The ids of the `from` and `to` accounts in `currency`, where they exist.
@@ -603,7 +653,9 @@ impl WalletStore {
     }
 
     /// The sum of `owner`'s outgoing transfers of `kind` in `currency` over
-    /// the last 24 h (a user's payments, an agent's deposits).
+    /// the last 24 h (a user's payments, an agent's deposits; rollbacks
+    /// count toward no volume: 0), and the start of that window. Read from
+    /// the running totals in one statement (see migration 0003).
     pub async fn outgoing_volume(
         &self,
         owner: &str,
@@ -611,17 +663,24 @@ impl WalletStore {
         kind: TransferKind,
     ) -> Result<(i64, String), StoreError> {
         let since = timestamp(OffsetDateTime::now_utc() - VOLUME_WINDOW);
-        let volume: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM transfers \
-             WHERE from_owner = $1 AND currency = $2 AND created_at >= $3 AND kind = $4",
-        )
+        let account_kind = match kind {
+            TransferKind::Payment => AccountKind::User,
+            TransferKind::Deposit => AccountKind::Agent,
+            TransferKind::Rollback => return Ok((0, since)),
+        };
+        let volume: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT a.out_total - COALESCE(({}), 0) FROM accounts a \
+             WHERE a.owner = $1 AND a.currency = $2 AND a.kind = $5",
+            total_before_sql("$1", "$2", "$3", "$4")
+        )))
         .bind(owner)
         .bind(currency)
-        .bind(&since)
         .bind(kind.as_str())
-        .fetch_one(self.db.pool())
+        .bind(&since)
+        .bind(account_kind.as_str())
+        .fetch_optional(self.db.pool())
         .await?;
-        Ok((volume, since))
+        Ok((volume.unwrap_or(0), since))
     }
 
     /// Checks the ledger's invariants; see [`check_invariants`].
@@ -744,6 +803,23 @@ pub enum Violation {
         /// The entry.
         entry_id: String,
     },
+    /// An account's running total differs from the sum of its transfers
+    /// that count toward its volume (a user's payments, an agent's
+    /// deposits).
+    OutTotalMismatch {
+        /// The account.
+        account_id: String,
+        /// The recorded running total.
+        recorded: i64,
+        /// The sum of its counted transfers.
+        derived: i128,
+    },
+    /// A counted transfer whose running total is missing or does not rise
+    /// by its amount over its sender's previous one (in time order).
+    BrokenTotalChain {
+        /// The transfer.
+        transfer_id: String,
+    },
 }
 
 /// The totals of one currency.
@@ -804,7 +880,9 @@ impl std::fmt::Display for InvariantReport {
 /// balances of all accounts sum to zero; every cached balance equals the
 /// sum of its account's entries; no user wallet is negative; every transfer
 /// has exactly one debit and one credit of its amount; no entry lacks its
-/// account. Read-only; sums are exact (`i128`). On a live database, run it
+/// account; every account's running total equals the sum of its counted
+/// transfers, and each counted transfer's total is its sender's previous
+/// one plus its amount (what the 24 h volumes are read from). Read-only; sums are exact (`i128`). On a live database, run it
 /// in a quiet moment or accept that a posting committing between its
 /// queries may show up as a transient mismatch.
 pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
@@ -813,7 +891,8 @@ pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
 
     // Accounts with their derived balances, in Rust to stay exact.
     let accounts = sqlx::query(
-        "SELECT account_id, kind, owner, currency, balance FROM accounts ORDER BY currency",
+        "SELECT account_id, kind, owner, currency, balance, out_total FROM accounts \
+         ORDER BY currency",
     )
     .fetch_all(pool)
     .await?;
@@ -827,6 +906,25 @@ pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
         report.entries += 1;
     }
     drop(entries);
+    // The running totals' sums, by (sender, currency, kind), also exact.
+    let mut sent: std::collections::HashMap<(String, String, String), i128> =
+        std::collections::HashMap::new();
+    let mut counted = sqlx::query(
+        "SELECT from_owner, currency, kind, amount FROM transfers \
+         WHERE kind IN ('payment', 'deposit')",
+    )
+    .fetch(pool);
+    while let Some(row) = counted.try_next().await? {
+        let amount: i64 = row.try_get("amount")?;
+        *sent
+            .entry((
+                row.try_get("from_owner")?,
+                row.try_get("currency")?,
+                row.try_get("kind")?,
+            ))
+            .or_default() += i128::from(amount);
+    }
+    drop(counted);
     let mut totals: std::collections::BTreeMap<String, CurrencyTotals> =
         std::collections::BTreeMap::new();
     for row in &accounts {
@@ -835,6 +933,25 @@ pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
         let owner: String = row.try_get("owner")?;
         let currency: String = row.try_get("currency")?;
         let balance: i64 = row.try_get("balance")?;
+        let out_total: i64 = row.try_get("out_total")?;
+        let counted_kind = match AccountKind::parse(&kind) {
+            Some(AccountKind::Agent) => TransferKind::Deposit,
+            _ => TransferKind::Payment,
+        };
+        let sent_total = sent
+            .remove(&(
+                owner.clone(),
+                currency.clone(),
+                counted_kind.as_str().to_owned(),
+            ))
+            .unwrap_or_default();
+        if sent_total != i128::from(out_total) {
+            report.violations.push(Violation::OutTotalMismatch {
+                account_id: account_id.clone(),
+                recorded: out_total,
+                derived: sent_total,
+            });
+        }
         let sum = derived.remove(&account_id).unwrap_or_default();
         if sum != i128::from(balance) {
             report.violations.push(Violation::CachedMismatch {
@@ -913,6 +1030,26 @@ pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
         unbalanced
             .into_iter()
             .map(|transfer_id| Violation::UnbalancedTransfer { transfer_id }),
+    );
+
+    // Each counted transfer's running total: its sender's previous one
+    // (in the order the volume lookup walks) plus its amount.
+    let broken: Vec<String> = sqlx::query_scalar(
+        "SELECT transfer_id FROM (\
+             SELECT transfer_id, amount, out_total_after, \
+             LAG(out_total_after, 1, CAST(0 AS BIGINT)) OVER (\
+                 PARTITION BY from_owner, currency, kind \
+                 ORDER BY created_at, out_total_after) AS total_before \
+             FROM transfers WHERE kind IN ('payment', 'deposit')) AS chain \
+         WHERE total_before IS NULL OR out_total_after IS NULL \
+         OR out_total_after - total_before <> amount LIMIT 100",
+    )
+    .fetch_all(pool)
+    .await?;
+    report.violations.extend(
+        broken
+            .into_iter()
+            .map(|transfer_id| Violation::BrokenTotalChain { transfer_id }),
     );
     Ok(report)
 }

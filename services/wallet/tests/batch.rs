@@ -19,7 +19,7 @@ use trustmesh_store::on_both_backends;
 use trustmesh_wallet::batch::TransferBatch;
 use trustmesh_wallet::ledger::{LedgerError, NewTransfer, Posted};
 
-use common::{Backend, TestDb, eur, fund, payment, user};
+use common::{Backend, TestDb, eur, fund, payment, post_one_by_one, user};
 
 on_both_backends!(
     a_mixed_batch_posts_each_transfer_on_its_own,
@@ -33,26 +33,6 @@ async fn post_batch(db: &TestDb, items: &[NewTransfer]) -> Vec<Result<Posted, Le
     let mut conn = db.db.pool().acquire().await.unwrap();
     let mut tx = conn.begin().await.unwrap();
     let outcomes = TransferBatch.run_batch(&mut tx, items).await.unwrap();
-    tx.commit().await.unwrap();
-    outcomes
-}
-
-/// The outcome of each of `items` posted one by one through the fallback,
-/// each in a savepoint of one transaction, committed.
-async fn post_one_by_one(db: &TestDb, items: &[NewTransfer]) -> Vec<Result<Posted, LedgerError>> {
-    let mut conn = db.db.pool().acquire().await.unwrap();
-    let mut tx = conn.begin().await.unwrap();
-    let mut outcomes = Vec::new();
-    for t in items {
-        let mut savepoint = tx.begin().await.unwrap();
-        let outcome = TransferBatch.run_one(&mut savepoint, t).await;
-        if outcome.is_ok() {
-            savepoint.commit().await.unwrap();
-        } else {
-            savepoint.rollback().await.unwrap();
-        }
-        outcomes.push(outcome);
-    }
     tx.commit().await.unwrap();
     outcomes
 }

@@ -193,19 +193,38 @@ async fn balances_never_overflow(backend: Backend) {
         .await
         .unwrap_err();
     assert!(matches!(err, LedgerError::Overflow), "{err:?}");
-    // The agent's clearing account is at -i64::MAX; one more unit reaches
-    // i64::MIN, the next would leave the range.
-    fund(&store, &bob, 1).await;
+    // The agent's clearing account is at -i64::MAX: one more unit would
+    // still fit its balance (down to i64::MIN) but not its running total of
+    // deposits, which stays within i64 (like TigerBeetle's posted totals).
     let err = store
         .deposit(&deposit(&bob, 1, "under"), |_| Ok(()))
         .await
         .unwrap_err();
     assert!(matches!(err, LedgerError::Overflow), "{err:?}");
+    let mut other_agent = deposit(&bob, 1, "other");
+    other_agent.agent = "spiffe://trustmesh.local/agent/other".to_owned();
+    store.deposit(&other_agent, |_| Ok(())).await.unwrap();
     // Paying into a full wallet overflows too, and moves nothing.
     let err = store.transfer(&payment(&bob, &alice, 1)).await.unwrap_err();
     assert!(matches!(err, LedgerError::Overflow), "{err:?}");
+    // So does a payment past its payer's running total of payments.
+    let carol = user();
+    store
+        .transfer(&payment(&alice, &carol, i64::MAX))
+        .await
+        .unwrap();
+    store
+        .transfer(&payment(&carol, &alice, i64::MAX))
+        .await
+        .unwrap();
+    let err = store
+        .transfer(&payment(&alice, &carol, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Overflow), "{err:?}");
     assert_eq!(eur(&store, &alice).await, i64::MAX);
     assert_eq!(eur(&store, &bob).await, 1);
+    assert_eq!(eur(&store, &carol).await, 0);
     let report = store.check_invariants().await.unwrap();
     assert!(report.is_ok(), "{report}");
     assert_eq!(report.currencies[0].user_total, i128::from(i64::MAX) + 1);

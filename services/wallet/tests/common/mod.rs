@@ -5,8 +5,11 @@
 
 use std::sync::Arc;
 
+use sqlx::Connection;
 use trustmesh_store::Db;
-use trustmesh_wallet::ledger::{NewDeposit, NewTransfer, TransferKind};
+use trustmesh_store::group_commit::BatchHandler;
+use trustmesh_wallet::batch::TransferBatch;
+use trustmesh_wallet::ledger::{LedgerError, NewDeposit, NewTransfer, Posted, TransferKind};
 use trustmesh_wallet::{MIGRATIONS, WalletStore};
 
 /// The agent the tests deposit as (listed in `policies/data.json`).
@@ -30,6 +33,11 @@ impl TestDb {
         let guard =
             trustmesh_store::testing::TestDb::open("wallet", backend, connections, &MIGRATIONS)
                 .await;
+        Self::wrap(guard, backend)
+    }
+
+    /// Wraps a test database opened with other migrations.
+    pub fn wrap(guard: trustmesh_store::testing::TestDb, backend: Backend) -> Self {
         Self {
             db: guard.db.clone(),
             backend,
@@ -118,4 +126,28 @@ pub fn recording_hook() -> (
         sink.lock().unwrap().push(decision.reason.clone());
     });
     (hook, seen)
+}
+
+/// The outcome of each of `items` posted one by one through the per-posting
+/// fallback of [`TransferBatch`], each in a savepoint of one transaction,
+/// committed.
+pub async fn post_one_by_one(
+    db: &TestDb,
+    items: &[NewTransfer],
+) -> Vec<Result<Posted, LedgerError>> {
+    let mut conn = db.db.pool().acquire().await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    let mut outcomes = Vec::new();
+    for t in items {
+        let mut savepoint = tx.begin().await.unwrap();
+        let outcome = TransferBatch.run_one(&mut savepoint, t).await;
+        if outcome.is_ok() {
+            savepoint.commit().await.unwrap();
+        } else {
+            savepoint.rollback().await.unwrap();
+        }
+        outcomes.push(outcome);
+    }
+    tx.commit().await.unwrap();
+    outcomes
 }
