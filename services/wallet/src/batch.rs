@@ -36,9 +36,12 @@
 //!    it instead of losing an update).
 //!
 //! The batch's transfers are stamped after step 2, when every payer's
-//! wallet is locked (or, on SQLite, the batch holds the write lock): a
-//! payer's payments are in time order along its running total, which the
-//! volume lookup relies on.
+//! wallet is locked (or, on SQLite, the batch holds the write lock), and
+//! never before one of its payers' last payment (`out_last_at`: a replica
+//! whose clock is behind cannot stamp out of order): a payer's payments are
+//! in time order along its running total, which the volume lookup relies
+//! on. (A batch is stamped once: every payment of it gets the latest of its
+//! payers' last stamps when that is later than now.)
 //!
 //! A refused transfer writes nothing. Every event is in the same
 //! transaction as its change, and no caller hears back before the commit
@@ -64,8 +67,8 @@ use trustmesh_store::{Backend, StoreError};
 
 use crate::ledger::{LedgerError, NewTransfer, Posted, TransferRecord, VOLUME_WINDOW, timestamp};
 use crate::store::{
-    TRANSFER_COLUMNS, post_in, posting_event, total_before_sql, transfer_on, transfer_posting,
-    transfer_record, volume_check,
+    TRANSFER_COLUMNS, not_before, post_in, posting_event, total_before_sql, transfer_on,
+    transfer_posting, transfer_record, volume_check,
 };
 
 /// The most transfers one run posts: every statement of a run stays far
@@ -151,6 +154,8 @@ struct Wallet {
     balance: i64,
     /// The running total of its payments after the transfers applied so far.
     out_total: i64,
+    /// The stamp of its last payment.
+    out_last_at: Option<String>,
     /// The balance and running total read from the database; `None`:
     /// created by this run.
     read: Option<Totals>,
@@ -215,9 +220,17 @@ async fn post_run(
             .flat_map(|t| [t.from_user.as_str(), t.to_user.as_str()])
             .collect();
         let mut wallets = read_wallets(conn, backend, &owners).await?;
-        // Stamped now that the wallets are locked (see the module docs).
+        // Stamped now that the wallets are locked, and never before a
+        // payer's last payment (see the module docs).
         let now = OffsetDateTime::now_utc();
-        let created_at = timestamp(now);
+        let last = fresh
+            .iter()
+            .filter_map(|&i| run.get(i))
+            .filter(|t| t.kind.counts_toward_volume())
+            .filter_map(|t| wallets.get(&(t.from_user.clone(), t.currency.clone())))
+            .filter_map(|w| w.out_last_at.as_deref())
+            .max();
+        let created_at = not_before(timestamp(now), last);
 
         // 3. Where the 24 h volume is limited: each payer's running total
         // before the window (a payer without a wallet holds nothing, and
@@ -315,6 +328,7 @@ fn apply(
             w.balance = from_after;
             if let Some(total) = out_total_after {
                 w.out_total = total;
+                w.out_last_at = Some(created_at.to_owned());
             }
             w.account_id.clone()
         }
@@ -324,6 +338,7 @@ fn apply(
         account_id: uuid::Uuid::now_v7().to_string(),
         balance: 0,
         out_total: 0,
+        out_last_at: None,
         read: None,
     });
     to_wallet.balance = to_after;
@@ -392,7 +407,7 @@ async fn read_wallets(
             Backend::Sqlite => "",
         };
         let sql = format!(
-            "SELECT account_id, owner, currency, balance, out_total FROM accounts \
+            "SELECT account_id, owner, currency, balance, out_total, out_last_at FROM accounts \
              WHERE kind = 'user' AND owner IN ({}){lock}",
             sql::list(backend, chunk.len(), 1)
         );
@@ -409,6 +424,7 @@ async fn read_wallets(
                     account_id: row.try_get("account_id")?,
                     balance,
                     out_total,
+                    out_last_at: row.try_get("out_last_at")?,
                     read: Some((balance, out_total)),
                 },
             );
@@ -470,7 +486,7 @@ async fn write(
     for chunk in created.chunks(sql::max_rows(USER_ROW_PARAMS)) {
         let sql = format!(
             "INSERT INTO accounts (account_id, kind, owner, currency, balance, out_total, \
-             created_at) VALUES {}",
+             out_last_at, created_at) VALUES {}",
             user_rows(backend, chunk.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -481,6 +497,7 @@ async fn write(
                 .bind(currency)
                 .bind(wallet.balance)
                 .bind(wallet.out_total)
+                .bind(wallet.out_last_at.as_deref())
                 .bind(created_at);
         }
         query.execute(&mut *conn).await?;
@@ -547,31 +564,29 @@ async fn write(
 
     // Every other touched wallet's final balance and running total,
     // guarded by the one read.
-    let mut changed: Vec<(&str, Totals, Totals)> = wallets
+    let mut changed: Vec<&Wallet> = wallets
         .values()
-        .filter_map(|w| match w.read {
-            Some(read) if read != (w.balance, w.out_total) => {
-                Some((w.account_id.as_str(), (w.balance, w.out_total), read))
-            }
-            _ => None,
-        })
+        .filter(|w| w.read.is_some_and(|read| read != (w.balance, w.out_total)))
         .collect();
-    changed.sort_unstable();
-    for chunk in changed.chunks(sql::max_rows(5)) {
+    changed.sort_unstable_by(|a, b| a.account_id.cmp(&b.account_id));
+    for chunk in changed.chunks(sql::max_rows(6)) {
         let sql = format!(
-            "UPDATE accounts SET balance = v.column2, out_total = v.column3 \
-             FROM (VALUES {}) AS v WHERE accounts.account_id = v.column1 \
-             AND accounts.balance = v.column4 AND accounts.out_total = v.column5",
-            sql::rows(backend, chunk.len(), 5, 1)
+            "UPDATE accounts SET balance = v.column2, out_total = v.column3, \
+             out_last_at = v.column4 FROM (VALUES {}) AS v \
+             WHERE accounts.account_id = v.column1 \
+             AND accounts.balance = v.column5 AND accounts.out_total = v.column6",
+            sql::rows(backend, chunk.len(), 6, 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (account_id, (balance, out_total), (read_balance, read_total)) in chunk {
+        for w in chunk {
+            let (read_balance, read_total) = w.read.unwrap_or_default();
             query = query
-                .bind(*account_id)
-                .bind(*balance)
-                .bind(*out_total)
-                .bind(*read_balance)
-                .bind(*read_total);
+                .bind(&w.account_id)
+                .bind(w.balance)
+                .bind(w.out_total)
+                .bind(w.out_last_at.as_deref())
+                .bind(read_balance)
+                .bind(read_total);
         }
         let updated = query.execute(&mut *conn).await?;
         if updated.rows_affected() != chunk.len() as u64 {
@@ -588,10 +603,11 @@ async fn write(
 }
 
 /// The bound parameters of one row of [`user_rows`].
-const USER_ROW_PARAMS: usize = 6;
+const USER_ROW_PARAMS: usize = 7;
 
 /// `rows` rows of `(account_id, 'user', owner, currency, balance,
-/// out_total, created_at)` with [`USER_ROW_PARAMS`] bound parameters each.
+/// out_total, out_last_at, created_at)` with [`USER_ROW_PARAMS`] bound
+/// parameters each.
 fn user_rows(backend: Backend, rows: usize) -> String {
     let mut out = String::new();
     for row in 0..rows {

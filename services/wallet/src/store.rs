@@ -32,12 +32,12 @@
 //!    deadlock): the debit is `balance = balance - amount WHERE balance >= amount`
 //!    for a user wallet (an overdraw updates nothing and the transaction is
 //!    dropped), and both sides are bounded so no balance leaves the `i64` range;
-//! 4. for a payment or deposit, after the debit locked the sender's account
-//!    (so its concurrent postings are serialised): stamp the transfer with
-//!    the time and the sender's running total after it, raise that total,
-//!    and check the 24 h volume where asked — the running total minus the
-//!    total of the sender's last such transfer before the window (migration
-//!    0003);
+//! 4. after the debit locked the sender's account (so its concurrent
+//!    postings are serialised): check the 24 h volume where asked — the
+//!    sender's running total minus the total of its last counted transfer
+//!    before the window (migration 0003); for a payment or deposit, stamp
+//!    the transfer with the time (never before the sender's previous one)
+//!    and the sender's running total after it, and raise that total;
 //! 5. insert both entries and the outbox event, commit.
 //!
 //! Serialization failures and deadlocks (PostgreSQL `40001`/`40P01`) and
@@ -392,6 +392,7 @@ pub(crate) async fn post_in(
     legs.sort_unstable_by(|a, b| a.1.cmp(b.1));
     let mut from_after = 0;
     let mut from_total = 0;
+    let mut from_last_at: Option<String> = None;
     let mut to_after = 0;
     for (side, account) in legs {
         match side {
@@ -402,16 +403,17 @@ pub(crate) async fn post_in(
                     AccountKind::User => p.amount,
                     AccountKind::Agent => i64::MIN + p.amount,
                 };
-                let after: Option<(i64, i64)> = sqlx::query_as(
+                let after: Option<(i64, i64, Option<String>)> = sqlx::query_as(
                     "UPDATE accounts SET balance = balance - $1 \
-                         WHERE account_id = $2 AND balance >= $3 RETURNING balance, out_total",
+                         WHERE account_id = $2 AND balance >= $3 \
+                         RETURNING balance, out_total, out_last_at",
                 )
                 .bind(p.amount)
                 .bind(account)
                 .bind(floor)
                 .fetch_optional(&mut *conn)
                 .await?;
-                (from_after, from_total) = match (after, p.from_kind) {
+                (from_after, from_total, from_last_at) = match (after, p.from_kind) {
                     (Some(after), _) => after,
                     (None, AccountKind::User) => return Err(LedgerError::InsufficientFunds),
                     (None, AccountKind::Agent) => return Err(LedgerError::Overflow),
@@ -432,22 +434,28 @@ pub(crate) async fn post_in(
         }
     }
 
-    // 4. The sender's running total and volume limit, now that its account
-    // is locked: the transfer is stamped after the lock, so the sender's
-    // transfers are in time order along its running total.
+    // 4. The sender's volume limit and running total, now that its account
+    // is locked: a counted transfer is stamped after the lock and never
+    // before the sender's previous one, so the sender's transfers are in
+    // time order along its running total.
+    let now = OffsetDateTime::now_utc();
+    if let Some(check) = check {
+        let counted = match p.from_kind {
+            AccountKind::User => TransferKind::Payment,
+            AccountKind::Agent => TransferKind::Deposit,
+        };
+        let since = timestamp(now - VOLUME_WINDOW);
+        let before = total_before(conn, from_owner, currency, counted, &since).await?;
+        check(from_total - before)?;
+    }
     let created_at = if p.kind.counts_toward_volume() {
-        let now = OffsetDateTime::now_utc();
-        let created_at = timestamp(now);
+        let created_at = not_before(timestamp(now), from_last_at.as_deref());
         let total_after = from_total
             .checked_add(p.amount)
             .ok_or(LedgerError::Overflow)?;
-        if let Some(check) = check {
-            let since = timestamp(now - VOLUME_WINDOW);
-            let before = total_before(conn, from_owner, currency, p.kind, &since).await?;
-            check(from_total - before)?;
-        }
-        sqlx::query("UPDATE accounts SET out_total = $1 WHERE account_id = $2")
+        sqlx::query("UPDATE accounts SET out_total = $1, out_last_at = $2 WHERE account_id = $3")
             .bind(total_after)
+            .bind(&created_at)
             .bind(&from_account)
             .execute(&mut *conn)
             .await?;
@@ -498,6 +506,16 @@ pub(crate) async fn post_in(
     let event = posting_event(&record);
     trustmesh_events::outbox::record_on(conn, &event).await?;
     Ok(Some(record))
+}
+
+/// `now`, or the sender's last stamp when that is later (a replica whose
+/// clock is behind, or a clock stepped back): a sender's stamps never go
+/// back.
+pub(crate) fn not_before(now: String, last: Option<&str>) -> String {
+    match last {
+        Some(last) if last > now.as_str() => last.to_owned(),
+        _ => now,
+    }
 }
 
 /// `SELECT` of the running total of the last transfer of a sender that
@@ -1036,13 +1054,14 @@ pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
     // (in the order the volume lookup walks) plus its amount.
     let broken: Vec<String> = sqlx::query_scalar(
         "SELECT transfer_id FROM (\
-             SELECT transfer_id, amount, out_total_after, \
+             SELECT transfer_id, created_at, amount, out_total_after, \
              LAG(out_total_after, 1, CAST(0 AS BIGINT)) OVER (\
                  PARTITION BY from_owner, currency, kind \
                  ORDER BY created_at, out_total_after) AS total_before \
              FROM transfers WHERE kind IN ('payment', 'deposit')) AS chain \
          WHERE total_before IS NULL OR out_total_after IS NULL \
-         OR out_total_after - total_before <> amount LIMIT 100",
+         OR out_total_after - total_before <> amount \
+         ORDER BY created_at, transfer_id LIMIT 100",
     )
     .fetch_all(pool)
     .await?;

@@ -21,6 +21,7 @@ use common::{Backend, TEST_AGENT, TestDb, deposit, fund, payment, post_one_by_on
 
 on_both_backends!(
     the_volume_window_slides_on_both_paths,
+    a_senders_stamps_never_go_back,
     an_agents_deposit_window_slides,
     a_tampered_total_is_reported,
     the_migration_backfills_the_totals,
@@ -109,6 +110,20 @@ async fn the_volume_window_slides_on_both_paths(backend: Backend) {
     back.kind = TransferKind::Rollback;
     store.transfer(&back).await.unwrap();
     assert_eq!(volume(&db, &bob, TransferKind::Payment).await, 0);
+    // A limit it carries is checked on both paths alike.
+    let mut limited_back = limited(back.clone(), 10);
+    limited_back.transfer_id = uuid::Uuid::new_v4().to_string();
+    let refused = store.transfer(&limited_back).await;
+    assert!(
+        matches!(refused, Err(LedgerError::LimitExceeded)),
+        "{refused:?}"
+    );
+    let outcomes = post_one_by_one(&db, &[limited_back]).await;
+    assert!(
+        matches!(outcomes[0], Err(LedgerError::LimitExceeded)),
+        "{:?}",
+        outcomes[0]
+    );
 
     // The third slides out too: 100 + 100 + 50 are left.
     backdate(&db, &earlier[2], hours(24) + time::Duration::minutes(1)).await;
@@ -117,6 +132,40 @@ async fn the_volume_window_slides_on_both_paths(backend: Backend) {
         .transfer(&limited(payment(&alice, &bob, 100), 350))
         .await
         .unwrap();
+    assert_sound(&db).await;
+}
+
+async fn a_senders_stamps_never_go_back(backend: Backend) {
+    let db = TestDb::open(backend, 4).await;
+    let store = db.store();
+    let (alice, bob) = (user(), user());
+    fund(&store, &alice, 1_000).await;
+    let first = payment(&alice, &bob, 10);
+    store.transfer(&first).await.unwrap();
+    // Alice's last payment was stamped by a replica whose clock runs an
+    // hour ahead (or this clock was stepped back since).
+    let ahead = timestamp(OffsetDateTime::now_utc() + hours(1));
+    sqlx::query("UPDATE transfers SET created_at = $1 WHERE transfer_id = $2")
+        .bind(&ahead)
+        .bind(&first.transfer_id)
+        .execute(db.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE accounts SET out_last_at = $1 WHERE owner = $2")
+        .bind(&ahead)
+        .bind(&alice)
+        .execute(db.db.pool())
+        .await
+        .unwrap();
+    // Her next payments, on both paths, are not stamped before it.
+    let set_based = store.transfer(&payment(&alice, &bob, 20)).await.unwrap();
+    assert_eq!(set_based.record.created_at, ahead);
+    let outcomes = post_one_by_one(&db, &[payment(&alice, &bob, 30)]).await;
+    assert_eq!(outcomes[0].as_ref().unwrap().record.created_at, ahead);
+    // Bob, whose clock is not involved, is stamped now.
+    let bobs = store.transfer(&payment(&bob, &alice, 5)).await.unwrap();
+    assert!(bobs.record.created_at < ahead);
+    assert_eq!(volume(&db, &alice, TransferKind::Payment).await, 60);
     assert_sound(&db).await;
 }
 
