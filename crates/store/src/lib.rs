@@ -74,6 +74,14 @@ pub enum StoreError {
     /// retrying is safe.
     #[error("group commit failed: {0}")]
     GroupCommit(String),
+    /// A running total kept by a store would leave `i64`: nothing was
+    /// written.
+    #[error("a running total would overflow: {0}")]
+    Overflow(String),
+    /// Stored rows break an invariant the store keeps (a running total
+    /// that does not add up); the message names them.
+    #[error("stored data is inconsistent: {0}")]
+    Inconsistent(String),
 }
 
 /// Which database engine a pool talks to.

@@ -424,6 +424,12 @@ fn is_reason(status: &Status, code: Code, reason: &str) -> bool {
 }
 
 fn internal(e: StoreError) -> Status {
+    if let StoreError::Overflow(why) = &e {
+        // Only a payer's own running total can get there (payments add up
+        // to more than an `i64` of minor units): the payer's request, not
+        // the service, is what cannot go on.
+        return Status::failed_precondition(format!("limit_exceeded: {why}"));
+    }
     tracing::error!(error = %e, "payment store failed");
     Status::internal("storage failure")
 }

@@ -18,7 +18,7 @@ use trustmesh_events::Event;
 use trustmesh_store::group_commit::{BatchWriter, Writer};
 use trustmesh_store::{Db, StoreError};
 
-use crate::batch::{PaymentBatch, PaymentWrite};
+use crate::batch::{PaymentBatch, PaymentWrite, Written};
 
 /// The rolling window of the payer's volume.
 pub const VOLUME_WINDOW: time::Duration = time::Duration::hours(24);
@@ -259,18 +259,112 @@ impl PaymentStore {
     /// The payer's volume in `currency` over the last 24 h: pending,
     /// completed and rolled back payments (what the wallet counts, plus
     /// the ones in flight).
+    ///
+    /// Read from the payer's running total (migration 0003): the total,
+    /// minus the total after the last payment before the window, minus the
+    /// FAILED and the refused payments of the window — index seeks, not a
+    /// sum over the window.
     pub async fn volume_24h(&self, payer_id: &str, currency: &str) -> Result<i64, StoreError> {
         let since = timestamp(OffsetDateTime::now_utc() - VOLUME_WINDOW);
-        let volume: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM payments \
-             WHERE payer_id = $1 AND currency = $2 AND created_at >= $3 AND status <> 'FAILED'",
+        let row = sqlx::query(
+            "SELECT t.total, \
+               (SELECT p.payer_total_after FROM payments p \
+                WHERE p.payer_id = $1 AND p.currency = $2 AND p.created_at < $3 \
+                ORDER BY p.created_at DESC, p.payer_total_after DESC LIMIT 1) AS stored_before, \
+               (SELECT r.payer_total_after FROM refused_payments r \
+                WHERE r.payer_id = $1 AND r.currency = $2 AND r.created_at < $3 \
+                ORDER BY r.created_at DESC, r.payer_total_after DESC LIMIT 1) AS refused_before, \
+               (SELECT CAST(COALESCE(SUM(f.amount), 0) AS BIGINT) FROM payments f \
+                WHERE f.payer_id = $1 AND f.currency = $2 AND f.created_at >= $3 \
+                  AND f.status = 'FAILED') AS failed, \
+               (SELECT CAST(COALESCE(SUM(r.amount), 0) AS BIGINT) FROM refused_payments r \
+                WHERE r.payer_id = $1 AND r.currency = $2 AND r.created_at >= $3) AS refused \
+             FROM payer_totals t WHERE t.payer_id = $1 AND t.currency = $2",
         )
         .bind(payer_id)
         .bind(currency)
         .bind(&since)
-        .fetch_one(self.db.pool())
+        .fetch_optional(self.db.pool())
         .await?;
-        Ok(volume)
+        let Some(row) = row else {
+            return Ok(0);
+        };
+        let total: i64 = row.try_get("total")?;
+        let stored_before: Option<i64> = row.try_get("stored_before")?;
+        let refused_before: Option<i64> = row.try_get("refused_before")?;
+        let failed: i64 = row.try_get("failed")?;
+        let refused: i64 = row.try_get("refused")?;
+        let before = stored_before.max(refused_before).unwrap_or(0);
+        // Every term is part of `total`, so this stays in range; a broken
+        // chain shows as an error, not as a wrong volume.
+        total
+            .checked_sub(before)
+            .and_then(|v| v.checked_sub(failed))
+            .and_then(|v| v.checked_sub(refused))
+            .filter(|v| *v >= 0)
+            .ok_or_else(|| {
+                StoreError::Inconsistent(format!(
+                    "the running total of payer {payer_id} in {currency} is inconsistent \
+                     (total {total}, before the window {before}, failed {failed}, \
+                     refused {refused})"
+                ))
+            })
+    }
+
+    /// Where the running totals disagree with the payments: each pair's
+    /// total against the sum of its stored and refused payments, and each
+    /// link of each chain against its amount. Empty when they agree.
+    pub async fn check_totals(&self) -> Result<Vec<String>, StoreError> {
+        let mut problems = Vec::new();
+        let totals = sqlx::query(
+            "SELECT t.payer_id, t.currency, t.total, \
+               CAST(COALESCE((SELECT SUM(p.amount) FROM payments p \
+                 WHERE p.payer_id = t.payer_id AND p.currency = t.currency), 0) \
+               + COALESCE((SELECT SUM(r.amount) FROM refused_payments r \
+                 WHERE r.payer_id = t.payer_id AND r.currency = t.currency), 0) AS BIGINT) AS summed \
+             FROM payer_totals t ORDER BY t.payer_id, t.currency",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in totals {
+            let (total, summed): (i64, i64) = (row.try_get("total")?, row.try_get("summed")?);
+            if total != summed {
+                problems.push(format!(
+                    "payer {} in {}: total {total}, payments add up to {summed}",
+                    row.try_get::<String, _>("payer_id")?,
+                    row.try_get::<String, _>("currency")?,
+                ));
+            }
+        }
+        let links = sqlx::query(
+            "SELECT payment_id, payer_id, currency, amount, payer_total_after, previous FROM ( \
+               SELECT payment_id, payer_id, currency, amount, payer_total_after, \
+                 LAG(payer_total_after, 1, 0) OVER ( \
+                   PARTITION BY payer_id, currency \
+                   ORDER BY created_at, payer_total_after) AS previous \
+               FROM (SELECT payment_id, payer_id, currency, amount, created_at, payer_total_after \
+                     FROM payments \
+                     UNION ALL \
+                     SELECT payment_id, payer_id, currency, amount, created_at, payer_total_after \
+                     FROM refused_payments) AS chain \
+             ) AS links \
+             WHERE payer_total_after IS NULL OR payer_total_after <> previous + amount \
+             ORDER BY payer_id, currency, payment_id",
+        )
+        .fetch_all(self.db.pool())
+        .await?;
+        for row in links {
+            problems.push(format!(
+                "payment {} of payer {} in {}: total after {:?}, the one before {} plus {}",
+                row.try_get::<String, _>("payment_id")?,
+                row.try_get::<String, _>("payer_id")?,
+                row.try_get::<String, _>("currency")?,
+                row.try_get::<Option<i64>, _>("payer_total_after")?,
+                row.try_get::<i64, _>("previous")?,
+                row.try_get::<i64, _>("amount")?,
+            ));
+        }
+        Ok(problems)
     }
 
     /// Stores `new` as PENDING under a fresh UUID v7. `None` when the
@@ -278,17 +372,17 @@ impl PaymentStore {
     pub async fn insert_pending(&self, new: &NewPayment) -> Result<Option<Payment>, StoreError> {
         let payment_id = uuid::Uuid::now_v7().to_string();
         let now = timestamp(OffsetDateTime::now_utc());
-        let inserted = self
+        let written = self
             .writer
             .submit(PaymentWrite::Pending {
                 payment_id: payment_id.clone(),
                 payment: new.clone(),
-                at: now.clone(),
+                at: now,
             })
             .await?;
-        if !inserted {
+        let Written::Stored { created_at } = written else {
             return Ok(None);
-        }
+        };
         Ok(Some(Payment {
             payment_id,
             payer_id: new.payer_id.clone(),
@@ -299,8 +393,8 @@ impl PaymentStore {
             status: PaymentStatus::Pending,
             failure_reason: None,
             rollback: None,
-            created_at: now.clone(),
-            updated_at: now,
+            created_at: created_at.clone(),
+            updated_at: created_at,
         }))
     }
 
@@ -316,7 +410,7 @@ impl PaymentStore {
         event: &Event,
     ) -> Result<Payment, StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
-        let moved = self
+        let written = self
             .writer
             .submit(PaymentWrite::Finish {
                 payment_id: payment.payment_id.clone(),
@@ -326,7 +420,7 @@ impl PaymentStore {
                 event: Box::new(event.clone()),
             })
             .await?;
-        if moved {
+        if written == Written::Moved {
             return Ok(Payment {
                 status,
                 failure_reason: reason.map(str::to_owned),
@@ -341,12 +435,26 @@ impl PaymentStore {
 
     /// Removes a PENDING payment the wallet refused for a reason that is
     /// not a payment outcome (a limit, an invalid field): its key may be
-    /// used again.
+    /// used again. It keeps its place in the payer's running total in
+    /// `refused_payments`.
     pub async fn delete_pending(&self, payment_id: &str) -> Result<(), StoreError> {
+        let now = timestamp(OffsetDateTime::now_utc());
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO refused_payments (payment_id, payer_id, currency, amount, created_at, \
+             payer_total_after, refused_at) \
+             SELECT payment_id, payer_id, currency, amount, created_at, payer_total_after, $2 \
+             FROM payments WHERE payment_id = $1 AND status = 'PENDING'",
+        )
+        .bind(payment_id)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM payments WHERE payment_id = $1 AND status = 'PENDING'")
             .bind(payment_id)
-            .execute(self.db.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -510,13 +618,22 @@ impl PaymentStore {
         Ok(())
     }
 
-    /// Moves `payment_id`'s creation time (tests of the rolling window and
-    /// the rollback window).
+    /// Moves `payment_id`'s creation time back by `by` (tests of the
+    /// rolling window and the rollback window). Moving each of a payer's
+    /// payments back by the same span keeps the order of its running
+    /// total.
     #[doc(hidden)]
     pub async fn backdate(&self, payment_id: &str, by: time::Duration) -> Result<(), StoreError> {
-        let at = timestamp(OffsetDateTime::now_utc() - by);
+        let created: String =
+            sqlx::query_scalar("SELECT created_at FROM payments WHERE payment_id = $1")
+                .bind(payment_id)
+                .fetch_one(self.db.pool())
+                .await?;
+        let created = parse_time(&created).ok_or_else(|| {
+            StoreError::Inconsistent(format!("unreadable created_at {created:?}"))
+        })?;
         sqlx::query("UPDATE payments SET created_at = $1 WHERE payment_id = $2")
-            .bind(&at)
+            .bind(timestamp(created - by))
             .bind(payment_id)
             .execute(self.db.pool())
             .await?;
