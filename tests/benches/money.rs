@@ -407,6 +407,15 @@ fn wallet_check(mesh: &Mesh, envs: &[(&str, &str)]) {
         out.trim().lines().last().unwrap_or("")
     );
     assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run_cli(
+        &["payment", "check", "--data-dir", data_dir.to_str().unwrap()],
+        envs,
+    );
+    println!(
+        "  trustmesh payment check: {}",
+        out.trim().lines().last().unwrap_or("")
+    );
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 fn bench_backend(label: &str, envs: &[(&str, &str)]) {

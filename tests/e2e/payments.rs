@@ -449,6 +449,10 @@ fn money_end_to_end(label: &str, envs: &[(&str, &str)]) {
     let (code, out) = cli(&mesh, &["wallet", "check"], envs);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok: every invariant holds"), "{out}");
+    // The payers' running totals held under the same load.
+    let (code, out) = cli(&mesh, &["payment", "check"], envs);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok: every running total holds"), "{out}");
 
     // Policy refusals.
     let (a, b) = (&payers[0], &payers[1]);
@@ -550,6 +554,8 @@ fn money_end_to_end(label: &str, envs: &[(&str, &str)]) {
     assert_eq!(listed.status, 200, "{listed:?}");
     assert_eq!(json_of(&listed)["payments"].as_array().unwrap().len(), 1);
     let (code, out) = cli(&mesh, &["wallet", "check"], envs);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&mesh, &["payment", "check"], envs);
     assert_eq!(code, 0, "{out}");
 }
 

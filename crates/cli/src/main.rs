@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod identity;
+mod payment;
 mod policy;
 mod serve;
 mod up;
@@ -60,6 +61,8 @@ enum Command {
     Audit(audit::AuditArgs),
     /// The wallet ledger: check its invariants.
     Wallet(wallet::WalletArgs),
+    /// The payment service's database: check the payers' running totals.
+    Payment(payment::PaymentArgs),
     /// Payment agents: deposit into a user's wallet over mTLS.
     Agent(agent::AgentArgs),
 }
@@ -114,6 +117,7 @@ fn main() -> ExitCode {
             Command::User(args) => user::run(args).await,
             Command::Audit(args) => audit::run(args).await,
             Command::Wallet(args) => wallet::run(args).await,
+            Command::Payment(args) => payment::run(args).await,
             Command::Agent(args) => agent::run(args).await,
         }
     });
