@@ -72,6 +72,24 @@ async fn count(db: &Db, like: &str) -> i64 {
         .expect("count")
 }
 
+/// Inserts one note as a unit of `writer`; it must commit.
+async fn insert_note(writer: &Writer, id: String, body: String, amount: i64) {
+    writer
+        .run(move |conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, $2, $3)")
+                    .bind(id)
+                    .bind(body)
+                    .bind(amount)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok::<_, UnitError>(())
+            })
+        })
+        .await
+        .expect("unit");
+}
+
 async fn units_commit_or_roll_back_alone(backend: Backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = open(backend, dir.path()).await;
@@ -165,19 +183,7 @@ async fn sqlite_batches_concurrent_units() {
     for n in 0..500i64 {
         let writer = writer.clone();
         tasks.push(tokio::spawn(async move {
-            writer
-                .run(move |conn| {
-                    Box::pin(async move {
-                        sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, 'b', $2)")
-                            .bind(format!("n{n}"))
-                            .bind(n)
-                            .execute(&mut *conn)
-                            .await?;
-                        Ok::<_, UnitError>(())
-                    })
-                })
-                .await
-                .expect("unit");
+            insert_note(&writer, format!("n{n}"), "b".to_owned(), n).await;
         }));
     }
     for task in tasks {
@@ -211,20 +217,7 @@ async fn sqlite_log_rewinds_under_a_steady_stream_of_writes() {
         let writer = writer.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..UNITS {
-                writer
-                    .run(move |conn| {
-                        Box::pin(async move {
-                            sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, $2, $3)")
-                                .bind(format!("s{caller}-{n}"))
-                                .bind("x".repeat(BODY))
-                                .bind(n)
-                                .execute(&mut *conn)
-                                .await?;
-                            Ok::<_, UnitError>(())
-                        })
-                    })
-                    .await
-                    .expect("unit");
+                insert_note(&writer, format!("s{caller}-{n}"), "x".repeat(BODY), n).await;
             }
         }));
     }

@@ -38,7 +38,18 @@ impl TransferKind {
     /// 24 h volume: a user's payments and an agent's deposits do,
     /// rollbacks never.
     pub fn counts_toward_volume(self) -> bool {
-        matches!(self, Self::Payment | Self::Deposit)
+        self.volume_of().is_some()
+    }
+
+    /// The kind of account whose rolling 24 h volume a transfer of this
+    /// kind counts toward (the inverse of [`AccountKind::counted_kind`]);
+    /// `None` for rollbacks.
+    pub fn volume_of(self) -> Option<AccountKind> {
+        match self {
+            Self::Payment => Some(AccountKind::User),
+            Self::Deposit => Some(AccountKind::Agent),
+            Self::Rollback => None,
+        }
     }
 
     /// The kind named `s` (as stored).
@@ -62,6 +73,15 @@ pub enum AccountKind {
 }
 
 impl AccountKind {
+    /// The kind of transfer from such an account that counts toward its
+    /// rolling 24 h volume: a user's payments, an agent's deposits.
+    pub fn counted_kind(self) -> TransferKind {
+        match self {
+            Self::User => TransferKind::Payment,
+            Self::Agent => TransferKind::Deposit,
+        }
+    }
+
     /// `agent` or `user`.
     pub fn as_str(self) -> &'static str {
         match self {

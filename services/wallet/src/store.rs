@@ -440,10 +440,7 @@ pub(crate) async fn post_in(
     // time order along its running total.
     let now = OffsetDateTime::now_utc();
     if let Some(check) = check {
-        let counted = match p.from_kind {
-            AccountKind::User => TransferKind::Payment,
-            AccountKind::Agent => TransferKind::Deposit,
-        };
+        let counted = p.from_kind.counted_kind();
         let since = timestamp(now - VOLUME_WINDOW);
         let before = total_before(conn, from_owner, currency, counted, &since).await?;
         check(from_total - before)?;
@@ -681,10 +678,8 @@ impl WalletStore {
         kind: TransferKind,
     ) -> Result<(i64, String), StoreError> {
         let since = timestamp(OffsetDateTime::now_utc() - VOLUME_WINDOW);
-        let account_kind = match kind {
-            TransferKind::Payment => AccountKind::User,
-            TransferKind::Deposit => AccountKind::Agent,
-            TransferKind::Rollback => return Ok((0, since)),
+        let Some(account_kind) = kind.volume_of() else {
+            return Ok((0, since));
         };
         let volume: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT a.out_total - COALESCE(({}), 0) FROM accounts a \
