@@ -19,6 +19,10 @@
 --     - the refused payments since T
 --
 -- four index seeks, whatever the payer's volume.
+--
+-- Stop every replica of the payment service before this migration runs: a
+-- replica still running the code before it writes payments without totals
+-- (`trustmesh payment check` reports them).
 CREATE TABLE payer_totals (
     payer_id TEXT NOT NULL,
     currency TEXT NOT NULL,

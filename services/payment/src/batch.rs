@@ -41,7 +41,7 @@ use trustmesh_store::group_commit::{BatchHandler, BatchOutcome};
 use trustmesh_store::sql::{self, backend_of};
 use trustmesh_store::{Backend, StoreError};
 
-use crate::store::{NewPayment, PaymentStatus};
+use crate::store::{NewPayment, PaymentStatus, parse_time};
 
 /// One write of the payment path.
 #[derive(Clone, Debug)]
@@ -273,6 +273,11 @@ async fn insert_pending(
         }
     }
     reserve_totals(conn, backend, &mut pairs).await?;
+    for ((payer, currency), pair) in &pairs {
+        if pair.stamp != pair.latest_at {
+            warn_if_far_behind(payer, currency, pair);
+        }
+    }
 
     // Each row's total, in arrival order within its pair.
     let mut running: HashMap<(&str, &str), i64> = HashMap::new();
@@ -326,6 +331,31 @@ async fn insert_pending(
         }
     }
     Ok(stored)
+}
+
+/// How far a pair's last stamp may be ahead of this replica's clock before
+/// it is worth a warning.
+const CLOCK_SKEW_WARNING: time::Duration = time::Duration::minutes(1);
+
+/// Logs a pair whose stamps were clamped far ahead of this replica's clock:
+/// a replica's clock is far ahead (or this one's far behind), and every
+/// later payment of the pair carries that replica's time until the clocks
+/// meet again.
+fn warn_if_far_behind(payer: &str, currency: &str, pair: &PairTotal) {
+    let (Some(asked), Some(stamped)) = (parse_time(&pair.latest_at), parse_time(&pair.stamp))
+    else {
+        return;
+    };
+    if stamped - asked > CLOCK_SKEW_WARNING {
+        tracing::warn!(
+            payer_id = payer,
+            currency,
+            asked_at = %pair.latest_at,
+            stamped_at = %pair.stamp,
+            "a payment was stamped after this replica's clock: the payer's last payment was \
+             stamped later (another replica's clock is ahead, or this one is behind)"
+        );
+    }
 }
 
 /// The error of a running total that would leave `i64`.

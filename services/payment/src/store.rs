@@ -316,13 +316,20 @@ impl PaymentStore {
     /// link of each chain against its amount. Empty when they agree.
     pub async fn check_totals(&self) -> Result<Vec<String>, StoreError> {
         let mut problems = Vec::new();
+        // Every pair with a payment, stored or refused, and its total (0
+        // when it has no total row: a payment written around the totals).
         let totals = sqlx::query(
-            "SELECT t.payer_id, t.currency, t.total, \
+            "SELECT k.payer_id, k.currency, \
+               COALESCE((SELECT t.total FROM payer_totals t \
+                 WHERE t.payer_id = k.payer_id AND t.currency = k.currency), 0) AS total, \
                CAST(COALESCE((SELECT SUM(p.amount) FROM payments p \
-                 WHERE p.payer_id = t.payer_id AND p.currency = t.currency), 0) \
+                 WHERE p.payer_id = k.payer_id AND p.currency = k.currency), 0) \
                + COALESCE((SELECT SUM(r.amount) FROM refused_payments r \
-                 WHERE r.payer_id = t.payer_id AND r.currency = t.currency), 0) AS BIGINT) AS summed \
-             FROM payer_totals t ORDER BY t.payer_id, t.currency",
+                 WHERE r.payer_id = k.payer_id AND r.currency = k.currency), 0) AS BIGINT) AS summed \
+             FROM (SELECT payer_id, currency FROM payer_totals \
+                   UNION SELECT payer_id, currency FROM payments \
+                   UNION SELECT payer_id, currency FROM refused_payments) AS k \
+             ORDER BY k.payer_id, k.currency",
         )
         .fetch_all(self.db.pool())
         .await?;
@@ -355,12 +362,12 @@ impl PaymentStore {
         .await?;
         for row in links {
             problems.push(format!(
-                "payment {} of payer {} in {}: total after {:?}, the one before {} plus {}",
+                "payment {} of payer {} in {}: total after {:?}, the one before {:?} plus {}",
                 row.try_get::<String, _>("payment_id")?,
                 row.try_get::<String, _>("payer_id")?,
                 row.try_get::<String, _>("currency")?,
                 row.try_get::<Option<i64>, _>("payer_total_after")?,
-                row.try_get::<i64, _>("previous")?,
+                row.try_get::<Option<i64>, _>("previous")?,
                 row.try_get::<i64, _>("amount")?,
             ));
         }
@@ -440,20 +447,31 @@ impl PaymentStore {
     pub async fn delete_pending(&self, payment_id: &str) -> Result<(), StoreError> {
         let now = timestamp(OffsetDateTime::now_utc());
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO refused_payments (payment_id, payer_id, currency, amount, created_at, \
-             payer_total_after, refused_at) \
-             SELECT payment_id, payer_id, currency, amount, created_at, payer_total_after, $2 \
-             FROM payments WHERE payment_id = $1 AND status = 'PENDING'",
+        // The DELETE takes the row (and on PostgreSQL re-checks its status
+        // after a concurrent `finish`): only a payment still PENDING moves,
+        // and only once.
+        let removed = sqlx::query(
+            "DELETE FROM payments WHERE payment_id = $1 AND status = 'PENDING' \
+             RETURNING payer_id, currency, amount, created_at, payer_total_after",
         )
         .bind(payment_id)
-        .bind(&now)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM payments WHERE payment_id = $1 AND status = 'PENDING'")
+        if let Some(row) = removed {
+            sqlx::query(
+                "INSERT INTO refused_payments (payment_id, payer_id, currency, amount, \
+                 created_at, payer_total_after, refused_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
             .bind(payment_id)
+            .bind(row.try_get::<String, _>("payer_id")?)
+            .bind(row.try_get::<String, _>("currency")?)
+            .bind(row.try_get::<i64, _>("amount")?)
+            .bind(row.try_get::<String, _>("created_at")?)
+            .bind(row.try_get::<Option<i64>, _>("payer_total_after")?)
+            .bind(&now)
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(())
     }

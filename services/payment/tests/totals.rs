@@ -24,6 +24,7 @@ on_both_backends!(
     a_total_that_would_overflow_refuses_the_payment,
     a_tampered_total_or_link_is_reported,
     the_migration_backfills_the_totals,
+    a_refusal_racing_an_outcome_leaves_the_payment_where_it_is,
 );
 
 async fn open(backend: Backend) -> TestDb {
@@ -207,6 +208,42 @@ async fn a_tampered_total_or_link_is_reported(backend: Backend) {
     // The tampered link and the one after it.
     assert_eq!(problems.len(), 2, "{problems:#?}");
     assert!(problems[0].contains(&first.payment_id) || problems[1].contains(&first.payment_id));
+    sqlx::query("UPDATE payments SET payer_total_after = 100 WHERE payment_id = $1")
+        .bind(&first.payment_id)
+        .execute(db.db.pool())
+        .await
+        .unwrap();
+    assert_sound(&store).await;
+
+    // A payment written around the totals (a replica still running the
+    // code before them) is reported: its pair has no total, its link none.
+    let stray = user();
+    sqlx::query(
+        "INSERT INTO payments (payment_id, payer_id, receiver_id, amount, currency, \
+         idempotency_key, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, 3, 'EUR', 'old', 'COMPLETED', $4, $4)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&stray)
+    .bind(user())
+    .bind(timestamp(OffsetDateTime::now_utc()))
+    .execute(db.db.pool())
+    .await
+    .unwrap();
+    let problems = store.check_totals().await.unwrap();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&stray) && p.contains("total 0, payments add up to 3")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains(&stray) && p.contains("total after None")),
+        "{problems:#?}"
+    );
 }
 
 async fn the_migration_backfills_the_totals(backend: Backend) {
@@ -260,5 +297,44 @@ async fn the_migration_backfills_the_totals(backend: Backend) {
     pay(&store, &bob, "after", 7).await;
     assert_eq!(store.volume_24h(&alice, "EUR").await.unwrap(), 200 + 4 + 6);
     assert_eq!(store.volume_24h(&bob, "EUR").await.unwrap(), 7);
+    assert_sound(&store).await;
+}
+
+async fn a_refusal_racing_an_outcome_leaves_the_payment_where_it_is(backend: Backend) {
+    let db = open(backend).await;
+    let store = PaymentStore::new(db.db.clone());
+    let payer = user();
+    let payment = pay(&store, &payer, "raced", 5).await;
+    // A retry's outcome is being written (not yet committed) when the
+    // refusal of the first attempt arrives.
+    let mut conn = db.db.pool().acquire().await.unwrap();
+    let mut outcome = conn.begin().await.unwrap();
+    sqlx::query("UPDATE payments SET status = 'COMPLETED' WHERE payment_id = $1")
+        .bind(&payment.payment_id)
+        .execute(&mut *outcome)
+        .await
+        .unwrap();
+    let refusal = {
+        let (store, id) = (store.clone(), payment.payment_id.clone());
+        tokio::spawn(async move { store.delete_pending(&id).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    outcome.commit().await.unwrap();
+    drop(conn);
+    refusal.await.unwrap().unwrap();
+
+    let stored = store.get(&payment.payment_id).await.unwrap().unwrap();
+    assert_eq!(stored.status, PaymentStatus::Completed);
+    let refused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refused_payments")
+        .fetch_one(db.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(refused, 0);
+    assert_eq!(store.volume_24h(&payer, "EUR").await.unwrap(), 5);
+    // A second refusal of a payment already refused changes nothing.
+    let again = pay(&store, &payer, "twice", 7).await;
+    store.delete_pending(&again.payment_id).await.unwrap();
+    store.delete_pending(&again.payment_id).await.unwrap();
+    assert_eq!(store.volume_24h(&payer, "EUR").await.unwrap(), 5);
     assert_sound(&store).await;
 }
