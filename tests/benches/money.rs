@@ -396,26 +396,21 @@ fn sign_in_users(mesh: &Mesh) -> Vec<(String, String)> {
     })
 }
 
-fn wallet_check(mesh: &Mesh, envs: &[(&str, &str)]) {
+/// `trustmesh wallet check` and `trustmesh payment check` on the mesh's
+/// databases: both must pass after a run.
+fn offline_checks(mesh: &Mesh, envs: &[(&str, &str)]) {
     let data_dir = mesh.data_dir();
-    let (code, out, err) = run_cli(
-        &["wallet", "check", "--data-dir", data_dir.to_str().unwrap()],
-        envs,
-    );
-    println!(
-        "  trustmesh wallet check: {}",
-        out.trim().lines().last().unwrap_or("")
-    );
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = run_cli(
-        &["payment", "check", "--data-dir", data_dir.to_str().unwrap()],
-        envs,
-    );
-    println!(
-        "  trustmesh payment check: {}",
-        out.trim().lines().last().unwrap_or("")
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    for service in ["wallet", "payment"] {
+        let (code, out, err) = run_cli(
+            &[service, "check", "--data-dir", data_dir.to_str().unwrap()],
+            envs,
+        );
+        println!(
+            "  trustmesh {service} check: {}",
+            out.trim().lines().last().unwrap_or("")
+        );
+        assert_eq!(code, 0, "{out}{err}");
+    }
 }
 
 fn bench_backend(label: &str, envs: &[(&str, &str)]) {
@@ -546,7 +541,7 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
             &mut outcome,
         );
     });
-    wallet_check(&mesh, envs);
+    offline_checks(&mesh, envs);
     drop(mesh);
 }
 

@@ -17,6 +17,18 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// The migrations of `migrator` before `version`: a database as the code
+/// of that time left it (tests of a later migration's backfill).
+pub fn migrations_before(migrator: &Migrator, version: i64) -> Migrator {
+    Migrator::with_migrations(
+        migrator
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect(),
+    )
+}
+
 /// A test's database; removed when dropped.
 pub struct TestDb {
     /// The open, migrated database.

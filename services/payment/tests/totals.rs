@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used)]
 
 use sqlx::Connection;
-use sqlx::migrate::Migrator;
 use time::{Duration, OffsetDateTime};
 use trustmesh_events::{Event, action};
 use trustmesh_payment::batch::{PaymentBatch, PaymentWrite, Written};
@@ -248,13 +247,7 @@ async fn a_tampered_total_or_link_is_reported(backend: Backend) {
 
 async fn the_migration_backfills_the_totals(backend: Backend) {
     // A payment database at the last version before the running totals.
-    let before_totals = Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .filter(|m| m.version < 3)
-            .cloned()
-            .collect(),
-    );
+    let before_totals = trustmesh_store::testing::migrations_before(&MIGRATIONS, 3);
     let db = TestDb::open("payment", backend, 4, &before_totals).await;
     let (alice, bob) = (user(), user());
     let legacy = [

@@ -10,7 +10,6 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use sqlx::migrate::Migrator;
 use time::OffsetDateTime;
 use trustmesh_store::on_both_backends;
 use trustmesh_wallet::MIGRATIONS;
@@ -333,13 +332,7 @@ async fn legacy_transfer(
 
 async fn the_migration_backfills_the_totals(backend: Backend) {
     // A ledger at the last version before the running totals.
-    let before_totals = Migrator::with_migrations(
-        MIGRATIONS
-            .iter()
-            .filter(|m| m.version < 3)
-            .cloned()
-            .collect(),
-    );
+    let before_totals = trustmesh_store::testing::migrations_before(&MIGRATIONS, 3);
     let guard = trustmesh_store::testing::TestDb::open("wallet", backend, 4, &before_totals).await;
     let db = TestDb::wrap(guard, backend);
     let (alice, bob) = (user(), user());
