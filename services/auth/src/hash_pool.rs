@@ -1,5 +1,5 @@
 //! Argon2id off the async threads: a few dedicated threads, one per core,
-//! that run at the lowest CPU priority.
+//! that run at the lowest CPU priority (`SCHED_IDLE` on Linux, and nice 19).
 //!
 //! A password hash takes about 17 ms of one core by design, and a burst of
 //! logins keeps every hashing thread busy. At the normal priority the
@@ -83,7 +83,11 @@ impl HashPool {
 }
 
 fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, nice: i32) {
-    // On Linux the nice value belongs to the thread: `None` is this one.
+    if let Err(e) = idle_policy() {
+        tracing::warn!(error = ?e, "cannot put a hashing thread in SCHED_IDLE; it runs at its nice value");
+    }
+    // After the policy (which sets a nice value of its own). On Linux the
+    // nice value belongs to the thread: `None` is this one.
     if let Err(e) = rustix::process::setpriority_process(None, nice) {
         tracing::warn!(error = %e, nice, "cannot lower the priority of a hashing thread");
     }
@@ -102,6 +106,30 @@ fn worker(jobs: &Mutex<mpsc::Receiver<Job>>, nice: i32) {
     }
 }
 
+/// Moves the calling thread to Linux's `SCHED_IDLE` policy: it runs only
+/// when no other thread wants the core, and a waking thread of the normal
+/// policy preempts it at once (at nice 19 a waking thread may still wait
+/// for the end of the hash's slice). No privilege is needed to lower one's
+/// own policy.
+#[cfg(target_os = "linux")]
+fn idle_policy() -> Result<(), thread_priority::Error> {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    )
+}
+
+/// Elsewhere the nice value is all there is.
+#[cfg(not(target_os = "linux"))]
+fn idle_policy() -> Result<(), thread_priority::Error> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -116,6 +144,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(nice, HASH_NICE);
+        #[cfg(target_os = "linux")]
+        {
+            use thread_priority::unix::{
+                NormalThreadSchedulePolicy, ThreadSchedulePolicy, thread_schedule_policy,
+            };
+            let policy = pool
+                .run(|| thread_schedule_policy().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                policy,
+                ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle)
+            );
+        }
         let name = pool
             .run(|| std::thread::current().name().map(str::to_owned))
             .await
@@ -133,6 +175,13 @@ mod tests {
         let pool = HashPool::new(1, HASH_NICE).unwrap();
         pool.run(|| ()).await.unwrap();
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), before);
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            thread_priority::unix::thread_schedule_policy().unwrap(),
+            thread_priority::unix::ThreadSchedulePolicy::Normal(
+                thread_priority::unix::NormalThreadSchedulePolicy::Other
+            )
+        );
     }
 
     async fn futures_join(
