@@ -7,11 +7,14 @@
 //! step, token refreshes, the gateway, the other services): each wake-up of
 //! that work, and a request makes dozens, could wait for a hash's time
 //! slice, and the non-hashing part of a login took several times its
-//! unloaded latency. At [`HASH_NICE`] (about 1.5 % of the weight of a
-//! normal thread) the scheduler runs that work ahead of the hashes, and the
-//! hashes still get every cycle nobody else wants: their throughput on an
-//! otherwise idle machine is unchanged. The flip side: on a machine kept
-//! busy by other work, logins slow down before anything else does.
+//! unloaded latency. In `SCHED_IDLE` (Linux; elsewhere at [`HASH_NICE`],
+//! about 1.5 % of the weight of a normal thread) the scheduler runs that
+//! work ahead of the hashes, a waking thread preempts a hash at once, and
+//! the hashes still get every cycle nobody else wants: their throughput on
+//! an otherwise idle machine is unchanged. The flip side: on a machine kept
+//! busy by other work, logins slow down before anything else does (a
+//! `SCHED_IDLE` thread keeps about 0.3 % of a normal thread's weight, so
+//! give the auth service cores, or a CPU quota, of its own).
 //!
 //! The pool has as many threads as it may run hashes at once (one per core
 //! by default), and jobs wait in one first-come-first-served queue, so a
