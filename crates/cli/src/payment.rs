@@ -1,6 +1,8 @@
 //! `trustmesh payment`: offline checks of the payment service's database,
 //! reading it directly (the SQLite file in the data directory, or
 //! PostgreSQL with `DATABASE_URL` / `PAYMENT_DATABASE_URL`).
+//! The database is not migrated: a schema other than this binary's is
+//! refused, so a check never moves the schema under running replicas.
 
 use std::process::ExitCode;
 
@@ -27,7 +29,7 @@ enum PaymentCommand {
 }
 
 pub async fn run(args: PaymentArgs) -> anyhow::Result<ExitCode> {
-    let db = trustmesh_payment::open_db(&args.common.data_dir)
+    let db = trustmesh_payment::open_db_unchanged(&args.common.data_dir)
         .await
         .context("cannot open the payment database")?;
     match args.command {

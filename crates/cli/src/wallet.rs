@@ -1,6 +1,8 @@
 //! `trustmesh wallet`: offline checks of the wallet ledger, reading its
 //! database directly (the SQLite file in the data directory, or PostgreSQL
 //! with `DATABASE_URL` / `WALLET_DATABASE_URL`).
+//! The database is not migrated: a schema other than this binary's is
+//! refused, so a check never moves the schema under running replicas.
 
 use std::process::ExitCode;
 
@@ -26,7 +28,7 @@ enum WalletCommand {
 }
 
 pub async fn run(args: WalletArgs) -> anyhow::Result<ExitCode> {
-    let db = trustmesh_wallet::open_db(&args.common.data_dir)
+    let db = trustmesh_wallet::open_db_unchanged(&args.common.data_dir)
         .await
         .context("cannot open the wallet database")?;
     match args.command {

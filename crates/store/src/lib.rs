@@ -82,6 +82,19 @@ pub enum StoreError {
     /// that does not add up); the message names them.
     #[error("stored data is inconsistent: {0}")]
     Inconsistent(String),
+    /// The database's schema is not the one this binary was built for
+    /// (an offline check refuses to migrate it).
+    #[error(
+        "the database of {service} is not at this binary's schema: {why} \
+         (start the service of this version once to migrate it, or use the trustmesh of the \
+         database's version)"
+    )]
+    SchemaMismatch {
+        /// The service whose database it is.
+        service: String,
+        /// What differs.
+        why: String,
+    },
 }
 
 /// Which database engine a pool talks to.
@@ -255,6 +268,55 @@ impl Db {
                 service: self.service.clone(),
                 source,
             })
+    }
+
+    /// Checks, without changing anything, that exactly the migrations of
+    /// this database's dialect have been applied: what an offline check
+    /// runs instead of [`Db::migrate`], so that it never moves the schema
+    /// under the replicas that use it.
+    pub async fn require_migrated(
+        &self,
+        sqlite: &Migrator,
+        postgres: &Migrator,
+    ) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => sqlite,
+            Backend::Postgres => postgres,
+        };
+        let mismatch = |why: String| StoreError::SchemaMismatch {
+            service: self.service.clone(),
+            why,
+        };
+        let applied: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|_| mismatch("it was never migrated".to_owned()))?;
+        let known: Vec<i64> = migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| m.version)
+            .collect();
+        let missing: Vec<i64> = known
+            .iter()
+            .copied()
+            .filter(|v| !applied.contains(v))
+            .collect();
+        let unknown: Vec<i64> = applied
+            .iter()
+            .copied()
+            .filter(|v| !known.contains(v))
+            .collect();
+        if !missing.is_empty() {
+            return Err(mismatch(format!("migrations {missing:?} are not applied")));
+        }
+        if !unknown.is_empty() {
+            return Err(mismatch(format!(
+                "migrations {unknown:?} are newer than this binary"
+            )));
+        }
+        Ok(())
     }
 
     /// The connection pool.

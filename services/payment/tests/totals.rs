@@ -278,7 +278,24 @@ async fn the_migration_backfills_the_totals(backend: Backend) {
         .unwrap();
     }
 
+    // An offline check refuses the old schema rather than migrating it.
+    let refused = db.db.require_migrated(&MIGRATIONS, &MIGRATIONS).await;
+    assert!(
+        matches!(&refused, Err(StoreError::SchemaMismatch { why, .. }) if why.contains("[3]")),
+        "{refused:?}"
+    );
     MIGRATIONS.run(db.db.pool()).await.unwrap();
+    db.db
+        .require_migrated(&MIGRATIONS, &MIGRATIONS)
+        .await
+        .unwrap();
+    // And a binary that knows fewer migrations than the database has.
+    let older = trustmesh_store::testing::migrations_before(&MIGRATIONS, 3);
+    let refused = db.db.require_migrated(&older, &older).await;
+    assert!(
+        matches!(&refused, Err(StoreError::SchemaMismatch { why, .. }) if why.contains("newer")),
+        "{refused:?}"
+    );
     let store = PaymentStore::new(db.db.clone());
     assert_sound(&store).await;
     assert_eq!(store.volume_24h(&alice, "EUR").await.unwrap(), 200 + 4);

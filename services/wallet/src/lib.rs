@@ -73,6 +73,15 @@ pub async fn open_db(data_dir: &std::path::Path) -> Result<Db, StoreError> {
     Ok(db)
 }
 
+/// Opens the service's database as [`open_db`] does, but for an offline
+/// check: it is not migrated, and a schema other than this binary's is
+/// refused ([`StoreError::SchemaMismatch`]).
+pub async fn open_db_unchanged(data_dir: &std::path::Path) -> Result<Db, StoreError> {
+    let db = Db::connect(&StoreConfig::from_env("wallet", data_dir)).await?;
+    db.require_migrated(&MIGRATIONS, &MIGRATIONS).await?;
+    Ok(db)
+}
+
 /// Opens the database (migrating it) and starts serving.
 pub async fn start(
     config: WalletConfig,
