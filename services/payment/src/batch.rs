@@ -294,7 +294,7 @@ async fn insert_pending(
         row.created_at.clone_from(&pair.stamp);
     }
 
-    let mut stored = HashMap::new();
+    let mut stored = HashSet::new();
     for chunk in rows.chunks(sql::max_rows(PENDING_PARAMS)) {
         let statement = format!(
             "INSERT INTO payments (payment_id, payer_id, receiver_id, amount, currency, \
@@ -319,18 +319,17 @@ async fn insert_pending(
                 .bind(row.total_after);
         }
         for found in query.fetch_all(&mut *conn).await? {
-            stored.insert(found.try_get::<String, _>("payment_id")?, String::new());
+            stored.insert(found.try_get::<String, _>("payment_id")?);
         }
     }
     if stored.len() < rows.len() {
         close_gaps(conn, backend, &rows, &pairs, &stored).await?;
     }
-    for row in &rows {
-        if let Some(created_at) = stored.get_mut(row.payment_id) {
-            created_at.clone_from(&row.created_at);
-        }
-    }
-    Ok(stored)
+    Ok(rows
+        .into_iter()
+        .filter(|row| stored.contains(row.payment_id))
+        .map(|row| (row.payment_id.to_owned(), row.created_at))
+        .collect())
 }
 
 /// How far a pair's last stamp may be ahead of this replica's clock before
@@ -425,12 +424,12 @@ async fn close_gaps(
     backend: Backend,
     rows: &[NewRow<'_>],
     pairs: &BTreeMap<(&str, &str), PairTotal>,
-    stored: &HashMap<String, String>,
+    stored: &HashSet<String>,
 ) -> Result<(), StoreError> {
     let mut running: HashMap<(&str, &str), i64> = HashMap::new();
     let mut row_fixes: Vec<(&str, i64)> = Vec::new();
     for row in rows {
-        if !stored.contains_key(row.payment_id) {
+        if !stored.contains(row.payment_id) {
             continue;
         }
         let key = (row.payment.payer_id.as_str(), row.payment.currency.as_str());

@@ -895,9 +895,10 @@ impl std::fmt::Display for InvariantReport {
 /// has exactly one debit and one credit of its amount; no entry lacks its
 /// account; every account's running total equals the sum of its counted
 /// transfers, and each counted transfer's total is its sender's previous
-/// one plus its amount (what the 24 h volumes are read from). Read-only; sums are exact (`i128`). On a live database, run it
-/// in a quiet moment or accept that a posting committing between its
-/// queries may show up as a transient mismatch.
+/// one plus its amount (what the 24 h volumes are read from). Read-only;
+/// sums are exact (`i128`). On a live database, run it in a quiet moment
+/// or accept that a posting committing between its queries may show up as
+/// a transient mismatch.
 pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
     let mut report = InvariantReport::default();
     let pool = db.pool();
@@ -947,10 +948,9 @@ pub async fn check_invariants(db: &Db) -> Result<InvariantReport, StoreError> {
         let currency: String = row.try_get("currency")?;
         let balance: i64 = row.try_get("balance")?;
         let out_total: i64 = row.try_get("out_total")?;
-        let counted_kind = match AccountKind::parse(&kind) {
-            Some(AccountKind::Agent) => TransferKind::Deposit,
-            _ => TransferKind::Payment,
-        };
+        let counted_kind = AccountKind::parse(&kind)
+            .unwrap_or(AccountKind::User)
+            .counted_kind();
         let sent_total = sent
             .remove(&(
                 owner.clone(),
