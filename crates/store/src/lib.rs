@@ -27,6 +27,7 @@ use sqlx::{AnyPool, Executor};
 pub use sqlx;
 
 pub mod group_commit;
+pub mod read_batch;
 pub mod sql;
 
 #[cfg(feature = "testing")]

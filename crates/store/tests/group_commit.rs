@@ -4,12 +4,12 @@
 //! handler's requests are handled set-based, or one by one when that fails.
 
 use futures::future::BoxFuture;
-use sqlx::migrate::Migrator;
 use trustmesh_store::group_commit::{BatchHandler, BatchOutcome, BatchWriter, Writer};
-use trustmesh_store::{Backend, Db, StoreConfig, StoreError, sql};
+use trustmesh_store::{Backend, Db, StoreError, sql};
 
-static SQLITE: Migrator = sqlx::migrate!("tests/migrations/sqlite");
-static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
+mod common;
+
+use common::{close, open};
 
 /// Why a unit refused to keep its writes.
 #[derive(Debug)]
@@ -28,40 +28,6 @@ impl From<sqlx::Error> for UnitError {
     fn from(e: sqlx::Error) -> Self {
         Self::Store(e.into())
     }
-}
-
-/// A fresh database; on PostgreSQL a schema of its own, which [`close`]
-/// drops.
-async fn open(backend: Backend, dir: &std::path::Path) -> Db {
-    let service = format!("gc_{}", uuid::Uuid::new_v4().simple());
-    let url = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(
-            std::env::var("TRUSTMESH_TEST_DATABASE_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
-        ),
-    };
-    let db = Db::connect(&StoreConfig {
-        service,
-        data_dir: dir.to_path_buf(),
-        url,
-        max_connections: 8,
-    })
-    .await
-    .expect("connect (PostgreSQL must be running: scripts/services.sh)");
-    db.migrate(&SQLITE, &POSTGRES).await.expect("migrate");
-    db
-}
-
-async fn close(db: Db) {
-    if db.backend() == Backend::Postgres {
-        let drop = format!("DROP SCHEMA \"{}\" CASCADE", db.service());
-        sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(db.pool())
-            .await
-            .expect("drop schema");
-    }
-    db.close().await;
 }
 
 async fn count(db: &Db, like: &str) -> i64 {

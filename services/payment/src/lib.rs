@@ -13,11 +13,13 @@
 //! Thin by design: the runtime gives it mTLS, the policy layer decides who
 //! may call what, the handlers in [`service`] validate and map errors, and
 //! [`store`] holds the transactions (SQLite or PostgreSQL), the payment
-//! path's writes set-based through [`batch`].
+//! path's writes set-based through [`batch`] and its volume reads batched
+//! through [`volume`].
 
 pub mod batch;
 pub mod service;
 pub mod store;
+pub mod volume;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

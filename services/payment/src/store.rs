@@ -16,12 +16,18 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use trustmesh_events::Event;
 use trustmesh_store::group_commit::{BatchWriter, Writer};
+use trustmesh_store::read_batch::{ReadBatcher, ReadStats};
 use trustmesh_store::{Db, StoreError};
 
 use crate::batch::{PaymentBatch, PaymentWrite, Written};
+use crate::volume::{PayerCurrency, VolumeRead};
 
 /// The rolling window of the payer's volume.
 pub const VOLUME_WINDOW: time::Duration = time::Duration::hours(24);
+
+/// Volume reads running at a time: one statement in flight while the next
+/// batch queues (a second keeps a slow read from holding up the others).
+pub const VOLUME_READS_IN_FLIGHT: usize = 2;
 
 /// The longest idempotency key accepted, in characters.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -206,13 +212,20 @@ pub struct PaymentStore {
     /// Runs the writes of the payment path, set-based
     /// ([`crate::batch`]).
     writer: BatchWriter<PaymentBatch>,
+    /// Reads the payers' volumes in batches ([`crate::volume`]).
+    volumes: ReadBatcher<VolumeRead>,
 }
 
 impl PaymentStore {
     /// Wraps an open (migrated) database.
     pub fn new(db: Db) -> Self {
         let writer = BatchWriter::new(&db, PaymentBatch);
-        Self { db, writer }
+        let volumes = ReadBatcher::new(&db, VolumeRead, VOLUME_READS_IN_FLIGHT);
+        Self {
+            db,
+            writer,
+            volumes,
+        }
     }
 
     /// The database.
@@ -260,55 +273,20 @@ impl PaymentStore {
     /// completed and rolled back payments (what the wallet counts, plus
     /// the ones in flight).
     ///
-    /// Read from the payer's running total (migration 0003): the total,
-    /// minus the total after the last payment before the window, minus the
-    /// FAILED and the refused payments of the window — index seeks, not a
-    /// sum over the window.
+    /// Read from the payer's running total with the volumes of the other
+    /// payments asking at the same time ([`crate::volume`]).
     pub async fn volume_24h(&self, payer_id: &str, currency: &str) -> Result<i64, StoreError> {
-        let since = timestamp(OffsetDateTime::now_utc() - VOLUME_WINDOW);
-        let row = sqlx::query(
-            "SELECT t.total, \
-               (SELECT p.payer_total_after FROM payments p \
-                WHERE p.payer_id = $1 AND p.currency = $2 AND p.created_at < $3 \
-                ORDER BY p.created_at DESC, p.payer_total_after DESC LIMIT 1) AS stored_before, \
-               (SELECT r.payer_total_after FROM refused_payments r \
-                WHERE r.payer_id = $1 AND r.currency = $2 AND r.created_at < $3 \
-                ORDER BY r.created_at DESC, r.payer_total_after DESC LIMIT 1) AS refused_before, \
-               (SELECT CAST(COALESCE(SUM(f.amount), 0) AS BIGINT) FROM payments f \
-                WHERE f.payer_id = $1 AND f.currency = $2 AND f.created_at >= $3 \
-                  AND f.status = 'FAILED') AS failed, \
-               (SELECT CAST(COALESCE(SUM(r.amount), 0) AS BIGINT) FROM refused_payments r \
-                WHERE r.payer_id = $1 AND r.currency = $2 AND r.created_at >= $3) AS refused \
-             FROM payer_totals t WHERE t.payer_id = $1 AND t.currency = $2",
-        )
-        .bind(payer_id)
-        .bind(currency)
-        .bind(&since)
-        .fetch_optional(self.db.pool())
-        .await?;
-        let Some(row) = row else {
-            return Ok(0);
-        };
-        let total: i64 = row.try_get("total")?;
-        let stored_before: Option<i64> = row.try_get("stored_before")?;
-        let refused_before: Option<i64> = row.try_get("refused_before")?;
-        let failed: i64 = row.try_get("failed")?;
-        let refused: i64 = row.try_get("refused")?;
-        let before = stored_before.max(refused_before).unwrap_or(0);
-        // Every term is part of `total`, so this stays in range; a broken
-        // chain shows as an error, not as a wrong volume.
-        total
-            .checked_sub(before)
-            .and_then(|v| v.checked_sub(failed))
-            .and_then(|v| v.checked_sub(refused))
-            .filter(|v| *v >= 0)
-            .ok_or_else(|| {
-                StoreError::Inconsistent(format!(
-                    "the running total of payer {payer_id} in {currency} is inconsistent \
-                     (total {total}, before the window {before}, failed {failed}, \
-                     refused {refused})"
-                ))
+        self.volumes
+            .read(PayerCurrency {
+                payer_id: payer_id.to_owned(),
+                currency: currency.to_owned(),
             })
+            .await?
+    }
+
+    /// Volume reads so far and the statements that served them.
+    pub fn volume_stats(&self) -> ReadStats {
+        self.volumes.stats()
     }
 
     /// Where the running totals disagree with the payments: each pair's

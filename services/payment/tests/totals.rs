@@ -2,8 +2,8 @@
 //! from (migration 0003), on both back-ends: the window slides, FAILED and
 //! refused payments never count, a stamp never goes back, a total that
 //! would leave `i64` refuses the payment, `check_totals` reports a tampered
-//! total or link, and the migration backfills the totals of payments
-//! written before it.
+//! total or link, the migration backfills the totals of payments written
+//! before it, and volumes read together in one batch are each their own.
 
 #![allow(clippy::unwrap_used)]
 
@@ -24,6 +24,7 @@ on_both_backends!(
     a_tampered_total_or_link_is_reported,
     the_migration_backfills_the_totals,
     a_refusal_racing_an_outcome_leaves_the_payment_where_it_is,
+    volumes_read_together_are_each_their_own,
 );
 
 async fn open(backend: Backend) -> TestDb {
@@ -347,4 +348,64 @@ async fn a_refusal_racing_an_outcome_leaves_the_payment_where_it_is(backend: Bac
     store.delete_pending(&again.payment_id).await.unwrap();
     assert_eq!(store.volume_24h(&payer, "EUR").await.unwrap(), 5);
     assert_sound(&store).await;
+}
+
+async fn volumes_read_together_are_each_their_own(backend: Backend) {
+    let db = open(backend).await;
+    let store = PaymentStore::new(db.db.clone());
+    let (a, b, never, broken) = (user(), user(), user(), user());
+    pay(&store, &a, "a1", 10).await;
+    let mut usd = new_payment(&a, "a2", 7);
+    usd.currency = "USD".to_owned();
+    store.insert_pending(&usd).await.unwrap().unwrap();
+    let b1 = pay(&store, &b, "b1", 300).await;
+    settle(&store, &b1, PaymentStatus::Completed).await;
+    let b2 = pay(&store, &b, "b2", 40).await;
+    settle(&store, &b2, PaymentStatus::Failed).await;
+    // A chain that does not add up: its FAILED payment is more than its
+    // total.
+    let lost = pay(&store, &broken, "x", 20).await;
+    settle(&store, &lost, PaymentStatus::Failed).await;
+    sqlx::query("UPDATE payer_totals SET total = 5 WHERE payer_id = $1")
+        .bind(&broken)
+        .execute(db.db.pool())
+        .await
+        .unwrap();
+
+    // Queued together (a payer twice, too): one answer each, the broken
+    // chain an error of its own.
+    let asks = [
+        (&a, "EUR"),
+        (&b, "EUR"),
+        (&broken, "EUR"),
+        (&a, "USD"),
+        (&never, "EUR"),
+        (&a, "EUR"),
+        (&b, "USD"),
+    ];
+    let answers =
+        futures::future::join_all(asks.iter().map(|(payer, cur)| store.volume_24h(payer, cur)))
+            .await;
+    let volumes: Vec<Option<i64>> = answers
+        .iter()
+        .map(|answer| answer.as_ref().ok().copied())
+        .collect();
+    assert_eq!(
+        volumes,
+        [
+            Some(10),
+            Some(300),
+            None,
+            Some(7),
+            Some(0),
+            Some(10),
+            Some(0)
+        ]
+    );
+    assert!(
+        matches!(&answers[2], Err(StoreError::Inconsistent(why)) if why.contains(&broken)),
+        "{:?}",
+        answers[2]
+    );
+    assert_eq!(store.volume_stats().reads, asks.len() as u64);
 }
