@@ -29,6 +29,8 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 const MAX_KID_LEN: usize = 128;
 /// The session cache is pruned when it reaches this many entries.
 const MAX_SESSION_CACHE: usize = 100_000;
+/// The verified-token cache is pruned when it reaches this many entries.
+const MAX_VERIFIED_CACHE: usize = 20_000;
 
 const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(5 * 60);
@@ -164,10 +166,15 @@ struct Config {
 /// `kid` (at most once per refetch interval, 5 s by default, one fetch
 /// shared by concurrent callers) and when it is older than its maximum age
 /// (5 min by default; if that refresh fails, the cached keys are kept).
+///
+/// A token that verified is remembered by its SHA-256 while the JWKS that
+/// verified it stays current and fresh: the next requests with it skip the
+/// signature check (not the expiry, nor the session check).
 #[derive(Clone)]
 pub struct Verifier {
     config: Arc<Config>,
     jwks: Arc<JwksCache>,
+    verified: Arc<VerifiedCache>,
     sessions: Option<Arc<SessionCache>>,
 }
 
@@ -212,6 +219,7 @@ impl Verifier {
                 snapshot: RwLock::new(Arc::new(Snapshot::default())),
                 last_attempt: tokio::sync::Mutex::new(None),
             }),
+            verified: Arc::new(VerifiedCache::default()),
             sessions: None,
         }
     }
@@ -280,11 +288,29 @@ impl Verifier {
     }
 
     async fn verify_inner(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let kid = parse_header(token)?;
-        let key = self.jwks.key(&kid, &self.config).await?;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.config.validation)
-            .map_err(map_jwt_error)?;
-        let claims = check_claims(data.claims, &self.config)?;
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let digest = token_digest(token);
+        let claims = match self
+            .verified
+            .get(&digest, &self.jwks.current(), &self.config)
+        {
+            Some(claims) => claims,
+            None => {
+                let kid = parse_header(token)?;
+                let (key, generation) = self.jwks.key(&kid, &self.config).await?;
+                let data = jsonwebtoken::decode::<Map<String, Value>>(
+                    token,
+                    &key,
+                    &self.config.validation,
+                )
+                .map_err(map_jwt_error)?;
+                let claims = check_claims(data.claims, &self.config)?;
+                self.verified.insert(digest, &claims, generation);
+                claims
+            }
+        };
         if let Some(sessions) = &self.sessions {
             sessions
                 .check(&claims.sid, self.config.fetch_timeout)
@@ -390,6 +416,14 @@ struct Snapshot {
     generation: u64,
 }
 
+impl Snapshot {
+    /// Fetched, and younger than the JWKS's maximum age.
+    fn is_fresh(&self, config: &Config) -> bool {
+        self.fetched_at
+            .is_some_and(|at| at.elapsed() < config.jwks_max_age)
+    }
+}
+
 struct JwksCache {
     fetcher: Arc<dyn JwksFetcher>,
     snapshot: RwLock<Arc<Snapshot>>,
@@ -407,27 +441,31 @@ impl JwksCache {
     }
 
     /// The key for `kid`, refetching the JWKS if the `kid` is unknown or the
-    /// cache is stale.
-    async fn key(&self, kid: &str, config: &Config) -> Result<DecodingKey, TokenError> {
+    /// cache is stale, with the generation of the JWKS it came from.
+    async fn key(&self, kid: &str, config: &Config) -> Result<(DecodingKey, u64), TokenError> {
         let snapshot = self.current();
         let unknown = || TokenError::UnknownKey(sanitize(kid, MAX_KID_LEN));
         if let Some(key) = snapshot.keys.get(kid) {
-            let fresh = snapshot
-                .fetched_at
-                .is_some_and(|at| at.elapsed() < config.jwks_max_age);
-            if fresh {
-                return Ok(key.clone());
+            if snapshot.is_fresh(config) {
+                return Ok((key.clone(), snapshot.generation));
             }
             return match self.refresh(snapshot.generation, config).await {
-                Ok(new) => new.keys.get(kid).cloned().ok_or_else(unknown),
+                Ok(new) => new
+                    .keys
+                    .get(kid)
+                    .map(|key| (key.clone(), new.generation))
+                    .ok_or_else(unknown),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot refresh the JWKS; keeping the cached keys");
-                    Ok(key.clone())
+                    Ok((key.clone(), snapshot.generation))
                 }
             };
         }
         let new = self.refresh(snapshot.generation, config).await?;
-        new.keys.get(kid).cloned().ok_or_else(unknown)
+        new.keys
+            .get(kid)
+            .map(|key| (key.clone(), new.generation))
+            .ok_or_else(unknown)
     }
 
     /// Fetches the JWKS unless another caller did since `seen` was current,
@@ -510,6 +548,71 @@ fn import(set: &JwkSet) -> HashMap<String, DecodingKey> {
         }
     }
     keys
+}
+
+/// The SHA-256 of a compact token: the verified cache's key (the cache
+/// keeps no bearer token).
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// A token whose signature and claims were verified.
+struct Verified {
+    claims: AccessClaims,
+    /// The JWKS generation whose key verified it.
+    generation: u64,
+}
+
+/// Tokens already verified, by [`token_digest`]: a client presents the
+/// same access token on every request of its 15 minutes, and checking its
+/// Ed25519 signature again each time was the largest single cost of a
+/// verifier (about 50 µs). An entry counts only while the JWKS that
+/// verified it is the current one and fresh (a refetch, which drops
+/// removed keys, sends every token through the signature check again) and
+/// the token has not expired; the session is checked on every request
+/// whatever the cache says.
+#[derive(Default)]
+struct VerifiedCache {
+    entries: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+impl VerifiedCache {
+    /// The claims of a verified token that still count under `jwks`.
+    fn get(&self, digest: &[u8; 32], jwks: &Snapshot, config: &Config) -> Option<AccessClaims> {
+        if !jwks.is_fresh(config) {
+            return None;
+        }
+        let now = unix_seconds(SystemTime::now());
+        let oldest_exp = now.saturating_sub(duration_seconds(config.leeway));
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(digest)
+            .filter(|v| v.generation == jwks.generation && v.claims.exp >= oldest_exp)
+            .map(|v| v.claims.clone())
+    }
+
+    /// Remembers a token verified with a key of JWKS `generation`; expired
+    /// entries are dropped when the cache is full.
+    fn insert(&self, digest: [u8; 32], claims: &AccessClaims, generation: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_VERIFIED_CACHE {
+            let now = unix_seconds(SystemTime::now());
+            entries.retain(|_, v| v.claims.exp >= now);
+            if entries.len() >= MAX_VERIFIED_CACHE {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            digest,
+            Verified {
+                claims: claims.clone(),
+                generation,
+            },
+        );
+    }
 }
 
 struct SessionCache {
