@@ -75,6 +75,11 @@ pub enum StoreError {
     /// retrying is safe.
     #[error("group commit failed: {0}")]
     GroupCommit(String),
+    /// A batch of [`read_batch`] failed as a whole (the pool or the
+    /// connection, not one key) or stopped before answering; nothing was
+    /// changed and retrying is safe.
+    #[error("a batched read failed: {0}")]
+    BatchedRead(String),
     /// A running total kept by a store would leave `i64`: nothing was
     /// written.
     #[error("a running total would overflow: {0}")]

@@ -14,9 +14,11 @@
 //!
 //! At most [`ReadBatcher::new`]'s `in_flight` batches run at a time (each
 //! on a pooled connection, in a task of its own: a caller that goes away
-//! cannot leave the others unanswered). If a batched read fails, each of
-//! its keys is read again alone, so every caller gets its own answer or its
-//! own error.
+//! cannot leave the others unanswered; a task that stops early answers
+//! the reads it left queued with an error). If a batched read fails on a
+//! statement, each of its keys is read again alone, so every caller gets
+//! its own answer or its own error; if the pool or the connection failed,
+//! every caller of the batch gets [`StoreError::BatchedRead`] at once.
 //!
 //! ```no_run
 //! # async fn example(db: trustmesh_store::Db) -> Result<(), trustmesh_store::StoreError> {
@@ -78,7 +80,8 @@ pub trait ReadHandler: Send + Sync + 'static {
 
     /// Reads `keys` (1 to [`MAX_KEYS`], possibly with repeats) from `pool`
     /// and returns one output per key, in the same order. An `Err` fails
-    /// the batch: each key is then read again alone.
+    /// the batch: each key is then read again alone (unless the pool or the
+    /// connection failed).
     fn read<'a>(
         &'a self,
         pool: &'a AnyPool,
@@ -202,9 +205,9 @@ impl<H: ReadHandler> ReadBatcher<H> {
             };
             tokio::spawn(runner.run());
         }
-        answer.await.map_err(|_| {
-            StoreError::GroupCommit("the batched read stopped before answering".to_owned())
-        })?
+        answer
+            .await
+            .map_err(|_| StoreError::BatchedRead("the batch stopped before answering".to_owned()))?
     }
 
     /// Reads and batches so far.
@@ -246,6 +249,15 @@ impl<H: ReadHandler> Runner<H> {
                     let _ = reply.send(Ok(output));
                 }
             }
+            Err(e) if !worth_reading_alone(&e) => {
+                // The pool or the connection failed, not one key: reading
+                // each key again would make every caller wait for it in
+                // turn.
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::BatchedRead(why.clone())));
+                }
+            }
             failed => {
                 if let Err(e) = &failed {
                     tracing::debug!(error = %e, keys = keys.len(), "batched read failed; reading each key alone");
@@ -273,8 +285,39 @@ impl<H: ReadHandler> Runner<H> {
 
 impl<H: ReadHandler> Drop for Runner<H> {
     fn drop(&mut self) {
-        if !self.finished {
-            self.shared.state().running -= 1;
+        if self.finished {
+            return;
         }
+        // The task stopped early (its handler panicked, or the runtime is
+        // shutting down): give the slot back and, if no other runner will
+        // take the queue, answer its reads with an error (their senders
+        // dropped) rather than leave them waiting for the next read.
+        let stranded: Vec<Pending<H>> = {
+            let mut state = self.shared.state();
+            state.running -= 1;
+            if state.running == 0 {
+                state.queue.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        drop(stranded);
     }
+}
+
+/// Whether a failed batch is worth reading again key by key: a statement's
+/// error may come from one key; a pool or connection error would only make
+/// each key wait for it again.
+fn worth_reading_alone(e: &StoreError) -> bool {
+    !matches!(
+        e,
+        StoreError::Query(
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed
+        )
+    )
 }

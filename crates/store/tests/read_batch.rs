@@ -7,6 +7,9 @@
 //! is exact.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, join_all};
 use sqlx::{AnyPool, Row};
@@ -17,12 +20,18 @@ mod common;
 
 use common::{close, open};
 
+/// The key that makes [`Double`] panic.
+const PANIC: i64 = -1_000;
+
 /// Doubles numbers in the database, all keys of a batch in one statement.
-/// A negative key makes the statement fail (a table that does not exist);
-/// `short` answers one output too few for batches of more than one key.
+/// A negative key makes the statement fail (a table that does not exist),
+/// [`PANIC`] makes the handler panic after a while; `short` answers one
+/// output too few for batches of more than one key.
 #[derive(Default)]
 struct Double {
     short: bool,
+    /// Calls of `read` so far.
+    calls: Arc<AtomicUsize>,
 }
 
 impl ReadHandler for Double {
@@ -35,7 +44,12 @@ impl ReadHandler for Double {
         keys: &'a [i64],
     ) -> BoxFuture<'a, Result<Vec<i64>, StoreError>> {
         Box::pin(async move {
+            self.calls.fetch_add(1, Ordering::SeqCst);
             assert!(!keys.is_empty() && keys.len() <= MAX_KEYS, "{}", keys.len());
+            if keys.contains(&PANIC) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                panic!("a handler bug");
+            }
             let table = if keys.iter().any(|k| *k < 0) {
                 "no_such_table"
             } else {
@@ -114,7 +128,14 @@ async fn a_failed_batch_is_read_key_by_key(backend: Backend) {
     assert_eq!(batcher.stats().batches, 1);
 
     // A handler answering too few outputs: every key read alone.
-    let short = ReadBatcher::new(&db, Double { short: true }, 1);
+    let short = ReadBatcher::new(
+        &db,
+        Double {
+            short: true,
+            ..Double::default()
+        },
+        1,
+    );
     let answers = join_all([5, 6, 7].map(|k| short.read(k))).await;
     let answers: Vec<i64> = answers.into_iter().map(|a| a.expect("read")).collect();
     assert_eq!(answers, [10, 12, 14]);
@@ -162,4 +183,60 @@ async fn postgres_batches_run_side_by_side() {
     assert_eq!(stats.reads, 500);
     assert!(stats.batches >= 8 && stats.batches <= 500, "{stats:?}");
     close(db).await;
+}
+
+/// A batch whose handler panics answers its own reads and the ones queued
+/// behind it with an error (none waits for a later read to come), and the
+/// next read runs.
+#[tokio::test]
+async fn a_panicking_batch_strands_no_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let batcher = ReadBatcher::new(&db, Double::default(), 1);
+    let first = tokio::spawn({
+        let batcher = batcher.clone();
+        async move { batcher.read(PANIC).await }
+    });
+    // The batch [PANIC] is running; this read queues behind it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let queued = tokio::time::timeout(Duration::from_secs(10), batcher.read(7))
+        .await
+        .expect("a read queued behind a panicking batch is answered");
+    assert!(
+        matches!(queued, Err(StoreError::BatchedRead(_))),
+        "{queued:?}"
+    );
+    let first = first.await.expect("task");
+    assert!(
+        matches!(first, Err(StoreError::BatchedRead(_))),
+        "{first:?}"
+    );
+    assert_eq!(batcher.read(8).await.expect("the next read"), 16);
+    close(db).await;
+}
+
+/// When the pool fails, every read of the batch hears it at once: no key
+/// is read again alone (each would wait for the pool in turn).
+#[tokio::test]
+async fn a_pool_failure_is_not_read_again_key_by_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let batcher = ReadBatcher::new(
+        &db,
+        Double {
+            calls: Arc::clone(&calls),
+            ..Double::default()
+        },
+        1,
+    );
+    db.pool().close().await;
+    let answers = join_all([1, 2, 3].map(|k| batcher.read(k))).await;
+    for answer in &answers {
+        assert!(
+            matches!(answer, Err(StoreError::BatchedRead(_))),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -306,8 +306,9 @@ impl Verifier {
                     &self.config.validation,
                 )
                 .map_err(map_jwt_error)?;
+                let nbf = data.claims.get("nbf").and_then(Value::as_i64);
                 let claims = check_claims(data.claims, &self.config)?;
-                self.verified.insert(digest, &claims, generation);
+                self.verified.insert(digest, &claims, nbf, generation);
                 claims
             }
         };
@@ -562,6 +563,10 @@ fn token_digest(token: &str) -> [u8; 32] {
 /// A token whose signature and claims were verified.
 struct Verified {
     claims: AccessClaims,
+    /// The later of its `iat` and `nbf`: a hit is checked against it with
+    /// the caller's leeway, as a miss is (clones of a verifier share the
+    /// cache, and may have a smaller leeway).
+    not_before: i64,
     /// The JWKS generation whose key verified it.
     generation: u64,
 }
@@ -572,8 +577,9 @@ struct Verified {
 /// verifier (about 50 µs). An entry counts only while the JWKS that
 /// verified it is the current one and fresh (a refetch, which drops
 /// removed keys, sends every token through the signature check again) and
-/// the token has not expired; the session is checked on every request
-/// whatever the cache says.
+/// the token has not expired nor starts later than the caller's leeway
+/// allows; the session is checked on every request whatever the cache
+/// says.
 #[derive(Default)]
 struct VerifiedCache {
     entries: Mutex<HashMap<[u8; 32], Verified>>,
@@ -586,17 +592,22 @@ impl VerifiedCache {
             return None;
         }
         let now = unix_seconds(SystemTime::now());
-        let oldest_exp = now.saturating_sub(duration_seconds(config.leeway));
+        let leeway = duration_seconds(config.leeway);
+        let (oldest_exp, latest_start) = (now.saturating_sub(leeway), now.saturating_add(leeway));
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(digest)
-            .filter(|v| v.generation == jwks.generation && v.claims.exp >= oldest_exp)
+            .filter(|v| {
+                v.generation == jwks.generation
+                    && v.claims.exp >= oldest_exp
+                    && v.not_before <= latest_start
+            })
             .map(|v| v.claims.clone())
     }
 
     /// Remembers a token verified with a key of JWKS `generation`; expired
     /// entries are dropped when the cache is full.
-    fn insert(&self, digest: [u8; 32], claims: &AccessClaims, generation: u64) {
+    fn insert(&self, digest: [u8; 32], claims: &AccessClaims, nbf: Option<i64>, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_VERIFIED_CACHE {
             let now = unix_seconds(SystemTime::now());
@@ -609,6 +620,7 @@ impl VerifiedCache {
             digest,
             Verified {
                 claims: claims.clone(),
+                not_before: nbf.map_or(claims.iat, |nbf| nbf.max(claims.iat)),
                 generation,
             },
         );

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{AUD, ISS, Setup, token_from_unknown_key};
+use serde_json::json;
 use trustmesh_tokens::{FnJwksFetcher, JwkSet, TokenError, TokenIssuer, Verifier};
 
 #[tokio::test]
@@ -98,4 +99,25 @@ async fn a_token_differing_in_one_byte_is_not_a_cache_hit() {
         Err(TokenError::BadSignature)
     );
     verifier.verify(&token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stricter_clone_does_not_take_a_lenient_ones_verdict() {
+    let s = Setup::new();
+    let lenient = s.verifier();
+    let strict = lenient.clone().with_leeway(Duration::ZERO);
+    let now = common::now();
+    for start in ["iat", "nbf"] {
+        // Starts 20 s from now: within the default 30 s leeway, beyond none.
+        let mut c = common::claims();
+        c["iat"] = json!(now);
+        c[start] = json!(now + 20);
+        let token = s.sign(&s.header(), &c);
+        lenient.verify(&token).await.unwrap();
+        assert_eq!(
+            strict.verify(&token).await,
+            Err(TokenError::NotYetValid),
+            "{start}"
+        );
+    }
 }
