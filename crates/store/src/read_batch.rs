@@ -220,8 +220,9 @@ impl<H: ReadHandler> ReadBatcher<H> {
 }
 
 /// One running batch loop: reads batches until the queue is empty. If its
-/// task is dropped (the runtime stops), the slot is given back so that
-/// the next read starts a new one.
+/// task stops early (a handler panic, the runtime shutting down), the slot
+/// is given back and, when it was the last runner, the reads still queued
+/// are answered with an error.
 struct Runner<H: ReadHandler> {
     shared: Arc<Shared<H>>,
     /// Whether `next_batch` already gave the slot back.
