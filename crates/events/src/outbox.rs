@@ -1,7 +1,8 @@
 //! The transactional outbox: a service writes its events into its own
 //! `outbox` table in the same database transaction as the change they
 //! describe, so an event exists if and only if the change committed. The
-//! [`crate::relay`] later ships the unsent rows, oldest first.
+//! [`crate::relay`] later ships the rows, oldest first, and deletes each
+//! once its destination confirmed it.
 //!
 //! Every service's migrations create the table with [`OUTBOX_COLUMNS`]:
 //!
@@ -14,6 +15,13 @@
 //! );
 //! CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
 //! ```
+//!
+//! `sent_at` is set only by versions before 2026-12-07, which marked
+//! delivered rows instead of deleting them ([`Outbox::purge_sent`] clears
+//! those). The partial index stays: it holds the same rows as the primary
+//! key now, but on PostgreSQL it is what makes the relay's scan an index
+//! scan whatever the table's statistics say (over the primary key the
+//! planner chose a sequential scan of the deleted rows not yet vacuumed).
 
 use std::sync::Arc;
 
@@ -23,7 +31,7 @@ use tokio::sync::Notify;
 use trustmesh_store::group_commit::Writer;
 use trustmesh_store::{Backend, Db, StoreError};
 
-use crate::event::{Actor, Event, Status, now_rfc3339};
+use crate::event::{Actor, Event, Status};
 
 /// The columns of the `outbox` table, in the order [`record`] binds them.
 pub const OUTBOX_COLUMNS: &str = "id, created_at, service, action, status, actor_user, \
@@ -204,15 +212,20 @@ impl Outbox {
         Ok(rows.into_iter().map(row_event).collect())
     }
 
-    /// Marks `ids` as delivered (through the writer, if it has one).
-    pub async fn mark_sent(&self, ids: &[&str]) -> Result<(), StoreError> {
-        let now = now_rfc3339();
+    /// Removes the delivered events `ids` from the outbox (through the
+    /// writer, if it has one). Audit holds them from now on; the outbox
+    /// keeps only what waits. Deleting a row costs the database less than
+    /// marking it: on PostgreSQL an `UPDATE` of `sent_at` writes a new
+    /// version of the row and a new primary-key entry (the partial index
+    /// on unsent rows names the column, so the update is never HOT), and
+    /// the marked row still had to be deleted later.
+    pub async fn remove_delivered(&self, ids: &[&str]) -> Result<(), StoreError> {
         let backend = self.db.backend();
         let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
         self.write(move |conn| {
             Box::pin(async move {
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                Ok(mark_sent_on(conn, backend, &now, &ids).await?)
+                Ok(delete_on(conn, backend, &ids).await?)
             })
         })
         .await
@@ -227,7 +240,9 @@ impl Outbox {
         )
     }
 
-    /// Deletes delivered rows sent before `before` (RFC 3339); returns how many.
+    /// Deletes rows marked delivered before `before` (RFC 3339); returns
+    /// how many. Only versions before 2026-12-07 marked rows instead of
+    /// removing them ([`Outbox::remove_delivered`]): this clears what they left.
     pub async fn purge_sent(&self, before: &str) -> Result<u64, StoreError> {
         let before = before.to_owned();
         self.write(move |conn| {
@@ -244,36 +259,46 @@ impl Outbox {
     }
 }
 
-/// Marks `ids` as delivered at `now` on `conn`, 500 per statement. On
-/// SQLite the parameters are anonymous `?`: binding numbered `$n` ones
-/// makes SQLite scan every parameter name of the statement for each,
+/// Deletes the rows `ids` on `conn`, at most [`DELETE_CHUNK`] per
+/// statement. Each statement's id list is padded to a power of two by
+/// repeating its last id, so a connection sees at most ten shapes of it:
+/// a statement of a new shape costs PostgreSQL a parse and a plan, and sqlx
+/// (which caches 100 prepared statements per connection) two more round
+/// trips. On SQLite the parameters are anonymous `?`: binding numbered `$n`
+/// ones makes SQLite scan every parameter name of the statement for each,
 /// quadratic in the batch size.
-async fn mark_sent_on(
+async fn delete_on(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
-    now: &str,
     ids: &[&str],
 ) -> Result<(), sqlx::Error> {
-    for chunk in ids.chunks(500) {
-        let (now_param, placeholders): (&str, Vec<String>) = match backend {
-            Backend::Sqlite => ("?", vec!["?".to_owned(); chunk.len()]),
-            Backend::Postgres => (
-                "$1",
-                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect(),
-            ),
+    for chunk in ids.chunks(DELETE_CHUNK) {
+        let Some(last) = chunk.last() else {
+            continue;
+        };
+        let width = chunk.len().next_power_of_two();
+        let placeholders: Vec<String> = match backend {
+            Backend::Sqlite => vec!["?".to_owned(); width],
+            Backend::Postgres => (1..=width).map(|i| format!("${i}")).collect(),
         };
         let sql = format!(
-            "UPDATE outbox SET sent_at = {now_param} WHERE id IN ({})",
+            "DELETE FROM outbox WHERE id IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
-        for id in chunk {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk
+            .iter()
+            .chain(std::iter::repeat_n(last, width - chunk.len()))
+        {
             query = query.bind(*id);
         }
         query.execute(&mut *conn).await?;
     }
     Ok(())
 }
+
+/// The most ids one `DELETE` of [`delete_on`] names (a power of two).
+const DELETE_CHUNK: usize = 512;
 
 /// An outbox row as a JSON array of [`OUTBOX_COLUMNS`].
 type OutboxRow = (

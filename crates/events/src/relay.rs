@@ -1,23 +1,24 @@
 //! The relay: ships a service's outbox to audit, at least once, oldest
-//! first. A row is marked sent only after the destination confirmed it
+//! first. A row leaves the outbox only after the destination confirmed it
 //! (RabbitMQ publisher confirms, or audit's reply to `Append`, which comes
 //! after audit committed). While the destination is down the rows wait in
 //! the outbox and the relay retries with a capped backoff.
 //!
 //! To RabbitMQ the relay keeps up to [`AMQP_IN_FLIGHT`] batches in flight
 //! on its channel: it sends the next batches while the broker is still
-//! persisting the earlier ones, and marks each batch sent, in order, once
-//! its confirms are in. The rows in flight are not read again: the relay
-//! reads on from the last id it sent. A row that commits late with an
-//! older id (ids are UUID v7, taken when the event was made) is picked up
-//! when the relay starts again from the oldest unsent row, which it does
-//! whenever nothing is in flight, and at least every [`RESCAN`] (it then
-//! lets the batches in flight drain first). Batches reach the broker in
-//! order on the one channel; after a failure the relay starts again from
-//! the oldest unsent row, so a batch that was in flight may arrive before
-//! the one retried (audit skips what it already holds). Several events
-//! travel in one message ([`crate::amqp`]). `Append` over mTLS keeps one
-//! batch in flight, so audit stores each service's events in outbox order.
+//! persisting the earlier ones, and removes each batch from the outbox, in
+//! order, once its confirms are in. The rows in flight are not read again:
+//! the relay reads on from the last id it sent. A row that commits late
+//! with an older id (ids are UUID v7, taken when the event was made) is
+//! picked up when the relay starts again from the oldest unsent row, which
+//! it does whenever nothing is in flight, and at least every [`RESCAN`]
+//! (it then lets the batches in flight drain first). Batches reach the
+//! broker in order on the one channel; after a failure the relay starts
+//! again from the oldest unsent row, so a batch that was in flight may
+//! arrive before the one retried (audit skips what it already holds).
+//! Several events travel in one message ([`crate::amqp`]). `Append` over
+//! mTLS keeps one batch in flight, so audit stores each service's events
+//! in outbox order.
 //!
 //! Metrics: `events_relayed_total`, `events_relay_failures_total`,
 //! `events_outbox_depth` and `events_relay_lag_seconds` (from the event's
@@ -56,7 +57,8 @@ pub const RESCAN: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(100);
 /// The longest pause between attempts while the destination is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Sent rows are kept this long (for inspection), then purged.
+/// Rows that versions before 2026-12-07 marked sent, instead of removing
+/// them, are purged once they are this old.
 const KEEP_SENT: time::Duration = time::Duration::hours(1);
 
 /// Where a relay delivers.
@@ -302,7 +304,7 @@ impl Relay {
     }
 
     /// Fills the pipeline from the outbox, then waits for the oldest batch
-    /// in flight and marks it sent.
+    /// in flight and removes it from the outbox.
     async fn step(&mut self, pipeline: &mut Pipeline) -> Step {
         // With nothing in flight, read from the oldest unsent row; and every
         // RESCAN, stop sending until what is in flight drained, to do so.
@@ -352,10 +354,10 @@ impl Relay {
             return Step::Failed;
         }
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        if let Err(e) = self.outbox.mark_sent(&ids).await {
-            // Delivered but not marked: they will be delivered again, and
-            // audit ignores the duplicates.
-            tracing::warn!(error = %e, "cannot mark delivered events");
+        if let Err(e) = self.outbox.remove_delivered(&ids).await {
+            // Delivered but still in the outbox: they will be delivered
+            // again, and audit ignores the duplicates.
+            tracing::warn!(error = %e, "cannot remove delivered events from the outbox");
             pipeline.clear();
             return Step::Failed;
         }
@@ -382,7 +384,8 @@ impl Relay {
         );
     }
 
-    /// Updates the depth gauge; once a minute also purges old sent rows.
+    /// Updates the depth gauge; once a minute also purges rows an older
+    /// version marked sent.
     async fn housekeeping(&mut self) {
         if let Ok(depth) = self.outbox.depth().await {
             self.metrics.depth.set(depth);

@@ -491,20 +491,35 @@ async fn the_outbox_writes_through_the_stores_writer(backend: Backend) {
 
     let units = store.writer().stats().units;
     let ids: Vec<&str> = pending.iter().map(|e| e.id.as_str()).collect();
-    outbox.mark_sent(&ids).await.unwrap();
+    outbox.remove_delivered(&ids).await.unwrap();
     assert_eq!(
         store.writer().stats().units,
         units + 1,
-        "marked through the writer"
+        "removed through the writer"
     );
     assert!(outbox.pending(100).await.unwrap().is_empty());
     assert_eq!(outbox.depth().await.unwrap(), 0);
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(db.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "delivered events leave the outbox");
 
+    // A row an older version marked sent instead of removing it is purged.
+    outbox
+        .record_now(&[Event::new("auth", "DENIED", "auth.v1.Auth/Refresh")])
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox SET sent_at = '2026-12-06T00:00:00Z'")
+        .execute(db.db.pool())
+        .await
+        .unwrap();
+    let units = store.writer().stats().units;
     let purged = outbox.purge_sent("9999-12-31T00:00:00Z").await.unwrap();
-    assert_eq!(purged, pending.len() as u64);
+    assert_eq!(purged, 1);
     assert_eq!(
         store.writer().stats().units,
-        units + 2,
+        units + 1,
         "purged through the writer"
     );
 }
