@@ -213,7 +213,8 @@ impl Outbox {
     }
 
     /// Removes the delivered events `ids` from the outbox (through the
-    /// writer, if it has one). Audit holds them from now on; the outbox
+    /// writer, if it has one). Their destination holds them from then on
+    /// (audit, or RabbitMQ's durable queue on the way to it); the outbox
     /// keeps only what waits. Deleting a row costs the database less than
     /// marking it: on PostgreSQL an `UPDATE` of `sent_at` writes a new
     /// version of the row and a new primary-key entry (the partial index
