@@ -7,7 +7,9 @@ use trustmesh_events::{Event, Outbox};
 use trustmesh_store::testing::TestDb;
 use trustmesh_store::{Backend, on_both_backends};
 
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./tests/migrations");
+/// The gateway's migrations: its database is an outbox and nothing else,
+/// so the tests run on the table exactly as the services create it.
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../services/gateway/migrations");
 
 async fn open(backend: Backend) -> (TestDb, Outbox) {
     let db = TestDb::open("events", backend, 2, &MIGRATIONS).await;
