@@ -261,36 +261,21 @@ impl Outbox {
 }
 
 /// Deletes the rows `ids` on `conn`, at most [`DELETE_CHUNK`] per
-/// statement. Each statement's id list is padded to a power of two by
-/// repeating its last id, so a connection sees at most ten shapes of it:
-/// a statement of a new shape costs PostgreSQL a parse and a plan, and sqlx
-/// (which caches 100 prepared statements per connection) two more round
-/// trips. On SQLite the parameters are anonymous `?`: binding numbered `$n`
-/// ones makes SQLite scan every parameter name of the statement for each,
-/// quadratic in the batch size.
+/// statement, each statement's id list padded to a power of two
+/// ([`trustmesh_store::sql::padded`]: at most ten shapes of it).
 async fn delete_on(
     conn: &mut sqlx::AnyConnection,
     backend: Backend,
     ids: &[&str],
 ) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(DELETE_CHUNK) {
-        let Some(last) = chunk.last() else {
-            continue;
-        };
-        let width = chunk.len().next_power_of_two();
-        let placeholders: Vec<String> = match backend {
-            Backend::Sqlite => vec!["?".to_owned(); width],
-            Backend::Postgres => (1..=width).map(|i| format!("${i}")).collect(),
-        };
+        let chunk = trustmesh_store::sql::padded(chunk);
         let sql = format!(
             "DELETE FROM outbox WHERE id IN ({})",
-            placeholders.join(", ")
+            trustmesh_store::sql::list(backend, chunk.len(), 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk
-            .iter()
-            .chain(std::iter::repeat_n(last, width - chunk.len()))
-        {
+        for id in chunk {
             query = query.bind(*id);
         }
         query.execute(&mut *conn).await?;

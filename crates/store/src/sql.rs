@@ -63,6 +63,30 @@ pub fn rows(backend: Backend, rows: usize, columns: usize, first: usize) -> Stri
     out
 }
 
+/// `items` padded to the next power of two by repeating the last one (an
+/// empty slice stays empty): the keys of an `IN (…)` or `VALUES` list whose
+/// repeats change nothing. A statement whose list length varies from call
+/// to call has as many shapes as lengths; padded, it has one per power of
+/// two. Each new shape costs PostgreSQL a parse and a plan, and sqlx, which
+/// caches 100 prepared statements per connection, two more round trips when
+/// a miss evicts one.
+///
+/// ```
+/// use trustmesh_store::sql::padded;
+/// assert_eq!(padded(&[1, 2, 3]), [&1, &2, &3, &3]);
+/// assert_eq!(padded(&[7, 8]), [&7, &8]);
+/// ```
+pub fn padded<T>(items: &[T]) -> Vec<&T> {
+    let Some(last) = items.last() else {
+        return Vec::new();
+    };
+    let width = items.len().next_power_of_two();
+    items
+        .iter()
+        .chain(std::iter::repeat_n(last, width - items.len()))
+        .collect()
+}
+
 fn push_list(out: &mut String, backend: Backend, count: usize, first: usize) {
     for i in 0..count {
         if i > 0 {
@@ -92,5 +116,15 @@ mod tests {
         );
         assert_eq!(max_rows(12), 2_730);
         assert_eq!(max_rows(0), MAX_PARAMETERS);
+    }
+
+    #[test]
+    fn padding_repeats_the_last_item_up_to_a_power_of_two() {
+        assert!(padded::<u8>(&[]).is_empty());
+        assert_eq!(padded(&[1]), [&1]);
+        let five: Vec<u32> = (1..=5).collect();
+        assert_eq!(padded(&five), [&1, &2, &3, &4, &5, &5, &5, &5]);
+        let many: Vec<u32> = (0..513).collect();
+        assert_eq!(padded(&many).len(), 1_024);
     }
 }

@@ -19,7 +19,7 @@ use trustmesh_merkle::{
     Entry, LogState, LogVerifier, SignedCheckpoint, SigningKey, VerifyError, VerifyReport,
     VerifyingKey,
 };
-use trustmesh_store::{Backend, Db, StoreError};
+use trustmesh_store::{Backend, Db, StoreError, sql};
 
 use crate::export::Exporter;
 use crate::record::{COLUMN_COUNT, COLUMNS, Record, RowError};
@@ -168,20 +168,12 @@ impl AuditLog {
         }
         let backend = self.db.backend();
         for chunk in rows.chunks(INSERT_CHUNK) {
-            let placeholders: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let cols: Vec<String> = (1..=COLUMN_COUNT)
-                        .map(|c| param(backend, r * COLUMN_COUNT + c))
-                        .collect();
-                    format!("({})", cols.join(", "))
-                })
-                .collect();
-            let sql = format!(
+            let statement = format!(
                 "{} INTO events ({COLUMNS}) VALUES {}",
                 insert(backend),
-                placeholders.join(", ")
+                sql::rows(backend, chunk.len(), COLUMN_COUNT, 1)
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(statement));
             for (record, entry) in chunk {
                 query = record.bind_row(entry, query);
             }
@@ -196,29 +188,19 @@ impl AuditLog {
         Ok(outcome)
     }
 
-    /// The ids of `events` the log holds already. Each statement's id list
-    /// is padded to a power of two by repeating its last id, so a
-    /// connection sees at most ten shapes of it (a new shape costs
-    /// PostgreSQL a parse and a plan, and sqlx, which caches 100 prepared
-    /// statements per connection, two more round trips).
+    /// The ids of `events` the log holds already; each statement's id list
+    /// is padded to a power of two ([`sql::padded`]: at most ten shapes).
     async fn existing_ids(&self, events: &[Event]) -> Result<HashSet<String>, LogError> {
         let mut existing = HashSet::new();
         let backend = self.db.backend();
         for chunk in events.chunks(512) {
-            let Some(last) = chunk.last() else {
-                continue;
-            };
-            let width = chunk.len().next_power_of_two();
-            let placeholders: Vec<String> = (1..=width).map(|i| param(backend, i)).collect();
-            let sql = format!(
+            let chunk = sql::padded(chunk);
+            let statement = format!(
                 "SELECT id FROM events WHERE id IN ({})",
-                placeholders.join(", ")
+                sql::list(backend, chunk.len(), 1)
             );
-            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-            for event in chunk
-                .iter()
-                .chain(std::iter::repeat_n(last, width - chunk.len()))
-            {
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(statement));
+            for event in chunk {
                 query = query.bind(event.id.as_str());
             }
             existing.extend(query.fetch_all(self.db.pool()).await?);
@@ -517,18 +499,6 @@ where
     .await;
     reader.abort();
     result
-}
-
-/// The `n`th bind parameter (from 1) of a statement: `$n` on PostgreSQL,
-/// `?` on SQLite, where binding a numbered parameter makes SQLite scan the
-/// names of all the statement's parameters (quadratic in a multi-row
-/// insert). Anonymous `?` parameters are numbered in order of appearance,
-/// so the parameters must appear in the order they are bound.
-fn param(backend: Backend, n: usize) -> String {
-    match backend {
-        Backend::Sqlite => "?".to_owned(),
-        Backend::Postgres => format!("${n}"),
-    }
 }
 
 /// How a multi-row insert starts. On SQLite, `INSERT OR FAIL`: a row that

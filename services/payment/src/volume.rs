@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use futures::future::BoxFuture;
 use sqlx::{AnyPool, Row};
 use time::OffsetDateTime;
-use trustmesh_store::read_batch::{MAX_KEYS, ReadHandler};
+use trustmesh_store::read_batch::ReadHandler;
 use trustmesh_store::sql;
 use trustmesh_store::{Backend, StoreError};
 
@@ -59,20 +59,22 @@ impl ReadHandler for VolumeRead {
                     unique.push(key);
                 }
             }
-            // Padded to a power of two with the last pair again: a handful
-            // of statement shapes, each prepared once per connection.
-            let shape = unique.len().next_power_of_two().min(MAX_KEYS);
-            let statement = volume_sql(shape);
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(statement)).bind(since);
-            for index in 0..shape {
-                let pair = unique[index.min(unique.len() - 1)];
+            // Padded to a power of two with the last pair again: at most
+            // seven statement shapes (a batch has at most 64 pairs), each
+            // prepared once per connection.
+            let padded = sql::padded(&unique);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(volume_sql(padded.len()))).bind(since);
+            for pair in padded {
                 query = query.bind(&pair.payer_id).bind(&pair.currency);
             }
             let rows = query.fetch_all(pool).await?;
-            let mut volumes: HashMap<(String, String), Result<i64, String>> =
+            let mut volumes: HashMap<PayerCurrency, Result<i64, String>> =
                 HashMap::with_capacity(rows.len());
             for row in rows {
-                let pair: (String, String) = (row.try_get("payer_id")?, row.try_get("currency")?);
+                let pair = PayerCurrency {
+                    payer_id: row.try_get("payer_id")?,
+                    currency: row.try_get("currency")?,
+                };
                 let volume = volume_of(&pair, &row)?;
                 volumes.insert(pair, volume);
             }
@@ -80,8 +82,7 @@ impl ReadHandler for VolumeRead {
                 .iter()
                 .map(|key| {
                     // A pair without a total has never paid in that currency.
-                    let pair = (key.payer_id.clone(), key.currency.clone());
-                    match volumes.get(&pair) {
+                    match volumes.get(key) {
                         None => Ok(0),
                         Some(Ok(volume)) => Ok(*volume),
                         Some(Err(why)) => Err(StoreError::Inconsistent(why.clone())),
@@ -95,7 +96,8 @@ impl ReadHandler for VolumeRead {
 /// The volume statement for `pairs` pairs: `$1` is the window's start, then
 /// each pair's payer and currency. Numbered placeholders on both back-ends
 /// (`$1` appears five times; SQLite binds `$n` by number, and a statement of
-/// at most [`MAX_KEYS`] pairs is far from where looking them up costs).
+/// at most [`MAX_KEYS`](trustmesh_store::read_batch::MAX_KEYS) pairs is far
+/// from where looking them up costs).
 fn volume_sql(pairs: usize) -> String {
     format!(
         "WITH k (payer_id, currency) AS (VALUES {values}) \
@@ -121,7 +123,7 @@ fn volume_sql(pairs: usize) -> String {
 /// result is a row that cannot be read, of the inner one a chain that does
 /// not add up (what is wrong with it).
 fn volume_of(
-    (payer_id, currency): &(String, String),
+    PayerCurrency { payer_id, currency }: &PayerCurrency,
     row: &sqlx::any::AnyRow,
 ) -> Result<Result<i64, String>, StoreError> {
     let total: i64 = row.try_get("total")?;
