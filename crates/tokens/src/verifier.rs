@@ -366,12 +366,11 @@ fn check_claims(claims: Map<String, Value>, config: &Config) -> Result<AccessCla
     }
     let claims: AccessClaims =
         serde_json::from_value(Value::Object(claims)).map_err(|_| TokenError::Malformed)?;
-    let now = unix_seconds(SystemTime::now());
-    let leeway = duration_seconds(config.leeway);
-    if claims.exp < now.saturating_sub(leeway) {
+    let window = ValidityWindow::now(config);
+    if claims.exp < window.oldest_exp {
         return Err(TokenError::Expired);
     }
-    if claims.iat > now.saturating_add(leeway) {
+    if claims.iat > window.latest_start {
         return Err(TokenError::NotYetValid);
     }
     if claims.aud != config.audience {
@@ -388,6 +387,25 @@ fn check_claims(claims: Map<String, Value>, config: &Config) -> Result<AccessCla
         return Err(TokenError::Malformed);
     }
     Ok(claims)
+}
+
+/// The times a token may have now, with the verifier's clock-skew leeway.
+struct ValidityWindow {
+    /// The earliest `exp` still accepted.
+    oldest_exp: i64,
+    /// The latest `iat` (or `nbf`) already accepted.
+    latest_start: i64,
+}
+
+impl ValidityWindow {
+    fn now(config: &Config) -> Self {
+        let now = unix_seconds(SystemTime::now());
+        let leeway = duration_seconds(config.leeway);
+        Self {
+            oldest_exp: now.saturating_sub(leeway),
+            latest_start: now.saturating_add(leeway),
+        }
+    }
 }
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> TokenError {
@@ -589,16 +607,14 @@ impl VerifiedCache {
         if !jwks.is_fresh(config) {
             return None;
         }
-        let now = unix_seconds(SystemTime::now());
-        let leeway = duration_seconds(config.leeway);
-        let (oldest_exp, latest_start) = (now.saturating_sub(leeway), now.saturating_add(leeway));
+        let window = ValidityWindow::now(config);
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(digest)
             .filter(|v| {
                 v.generation == jwks.generation
-                    && v.claims.exp >= oldest_exp
-                    && v.not_before <= latest_start
+                    && v.claims.exp >= window.oldest_exp
+                    && v.not_before <= window.latest_start
             })
             .map(|v| v.claims.clone())
     }
