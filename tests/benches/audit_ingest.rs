@@ -59,6 +59,7 @@ async fn outbox(dir: &std::path::Path, n: usize) -> Outbox {
         data_dir: dir.to_path_buf(),
         url: None,
         max_connections: 4,
+        acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
     })
     .await
     .unwrap();

@@ -172,6 +172,14 @@ async fn policy_denies_with_reason_and_allows_the_listed_workload() {
         metrics.contains("policy_decision_duration_seconds"),
         "{metrics}"
     );
+    // Every call timed from its arrival, denied ones too, by method; the
+    // health check is not one of the descriptors' methods.
+    for timed in [
+        "grpc_server_handling_seconds_count{route=\"/trustmesh.testing.v1.Echo/Say\"} 3\n",
+        "grpc_server_handling_seconds_count{route=\"_other\"} 1\n",
+    ] {
+        assert!(metrics.contains(timed), "no {timed}in:\n{metrics}");
+    }
     let (status, _) = http_get(server.admin, "/healthz").await.unwrap();
     assert_eq!(status, 200);
 }

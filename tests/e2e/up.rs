@@ -132,6 +132,13 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
         "{metrics}"
     );
     assert!(metrics.contains("policy_decisions_total"), "{metrics}");
+    // The HTTPS requests above, timed by route template; the unknown path
+    // under one label for all.
+    for route in ["GET /healthz", "GET /readyz", "_other"] {
+        let timed = format!("http_server_handling_seconds_count{{route=\"{route}\"}} ");
+        assert!(metrics.contains(&timed), "no {timed}in:\n{metrics}");
+    }
+    assert!(!metrics.contains("/nope"), "{metrics}");
     assert_eq!(rt.block_on(http_get(admin, "/healthz")).unwrap().0, 200);
 
     // Crash the gateway: up restarts it and publishes the new pid.

@@ -501,6 +501,15 @@ impl Mesh {
         )
     }
 
+    /// The admin address (`/metrics`) of `service` (`gateway`, `auth`, …).
+    pub fn admin_addr(&self, service: &str) -> SocketAddr {
+        self.endpoints["services"][service]["admin"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no admin address for {service} in endpoints.json"))
+            .parse()
+            .expect("admin addr")
+    }
+
     /// The pid of `up` itself.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).expect("running")

@@ -141,6 +141,12 @@ impl PolicyLayer {
         Ok(self)
     }
 
+    /// The paths (`/package.Service/Method`) of the methods the descriptors
+    /// given to [`PolicyLayer::with_descriptors`] describe.
+    pub fn method_paths(&self) -> impl Iterator<Item = &str> {
+        self.shared.methods.keys().map(String::as_str)
+    }
+
     /// Resolves the end user of each call with `r`.
     pub fn with_subject_resolver(mut self, r: Arc<dyn SubjectResolver>) -> Self {
         Arc::make_mut(&mut self.shared).resolver = Some(r);

@@ -16,6 +16,7 @@ mod directory;
 mod error;
 mod files;
 mod hooks;
+pub mod latency;
 mod retry;
 mod server;
 mod shutdown;

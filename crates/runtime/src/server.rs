@@ -24,8 +24,9 @@ use tonic::transport::server::Connected;
 use tonic_health::ServingStatus;
 use trustmesh_identity::PeerIdentity;
 use trustmesh_policy::{DenyHook, PolicyEngine, PolicyLayer, PolicyMetrics, SubjectResolver};
-use trustmesh_telemetry::{MetricsRegistry, Readiness};
+use trustmesh_telemetry::{MetricsRegistry, Readiness, RouteLatency};
 
+use crate::latency::{HANDLING_SECONDS, HandlingTimeLayer};
 use crate::{RuntimeError, Shutdown, tls};
 
 /// How long a client may take to complete its TLS handshake.
@@ -199,6 +200,14 @@ impl GrpcServer {
         if let Some(hook) = self.deny_hook.clone() {
             layer = layer.with_deny_hook(hook);
         }
+        let timing = HandlingTimeLayer::new(
+            RouteLatency::register(
+                &self.metrics,
+                HANDLING_SECONDS,
+                "Time from a gRPC call's arrival (before its policy decision) to its response, by method",
+            ),
+            layer.method_paths(),
+        );
 
         let shutdown_admin = shutdown.clone();
         let (admin, admin_serve) = trustmesh_telemetry::serve_admin(
@@ -239,6 +248,7 @@ impl GrpcServer {
                 // No `max_connection_age_grace`: in tonic 0.14 setting it
                 // replaces the graceful GOAWAY with a forced close.
                 .max_connection_age(connection_age)
+                .layer(timing)
                 .layer(layer)
                 .serve_with_incoming_shutdown(routes.prepare(), incoming, async move {
                     shutdown_grpc.wait().await;

@@ -15,6 +15,8 @@
 //! it is durable. When the batch as a whole fails (the commit, a savepoint),
 //! it is rolled back and every caller of it gets
 //! [`StoreError::GroupCommit`], which is transient: the caller may retry.
+//! When no pooled connection comes free in time, the callers get the
+//! pool's timeout itself ([`StoreError::is_busy`]).
 //!
 //! On PostgreSQL, which has many concurrent writers, combines their commits
 //! in its own write-ahead log and locks rows rather than the database, a
@@ -534,6 +536,12 @@ async fn write_batches(
             Some(conn) => conn,
             None => match writer_connection(&db).await {
                 Ok(conn) => conn,
+                Err(sqlx::Error::PoolTimedOut) => {
+                    // No connection came free in time: the database is
+                    // busy, not broken, and the callers hear it as such.
+                    answer_all(batch, || StoreError::Query(sqlx::Error::PoolTimedOut));
+                    continue;
+                }
                 Err(e) => {
                     fail(batch, &format!("no database connection: {e}"));
                     continue;
@@ -698,11 +706,14 @@ async fn run_batch(
     }
 }
 
-/// Answers every job of `batch` with `reason`.
+/// Answers every job of `batch` with a failed group commit for `reason`.
 fn fail(batch: Vec<Job>, reason: &str) {
+    answer_all(batch, || StoreError::GroupCommit(reason.to_owned()));
+}
+
+/// Answers every job of `batch` with the error `error` makes.
+fn answer_all(batch: Vec<Job>, error: impl Fn() -> StoreError) {
     for job in batch {
-        let _ = job
-            .reply
-            .send(Err(StoreError::GroupCommit(reason.to_owned())));
+        let _ = job.reply.send(Err(error()));
     }
 }

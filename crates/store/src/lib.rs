@@ -103,6 +103,20 @@ pub enum StoreError {
     },
 }
 
+/// The status message of a service whose database was too busy
+/// ([`StoreError::is_busy`]), with gRPC `Unavailable`.
+pub const BUSY_MESSAGE: &str = "storage_busy: the database is busy; retry shortly";
+
+impl StoreError {
+    /// Whether the database was too busy to take the query: no pooled
+    /// connection came free within [`StoreConfig::acquire_timeout`].
+    /// Nothing was done and a later retry may succeed, so a service
+    /// answers `Unavailable` (HTTP 503), not `Internal`.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Query(sqlx::Error::PoolTimedOut))
+    }
+}
+
 /// Which database engine a pool talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -133,6 +147,9 @@ pub struct StoreConfig {
     pub url: Option<String>,
     /// The maximum number of pooled connections.
     pub max_connections: u32,
+    /// How long a query waits for a pooled connection before it fails
+    /// with an error that [`StoreError::is_busy`] recognises.
+    pub acquire_timeout: Duration,
 }
 
 impl StoreConfig {
@@ -149,8 +166,12 @@ impl StoreConfig {
             data_dir: data_dir.to_path_buf(),
             url,
             max_connections: 16,
+            acquire_timeout: Self::DEFAULT_ACQUIRE_TIMEOUT,
         }
     }
+
+    /// The default wait for a pooled connection.
+    pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// A service's database: a connection pool and the engine behind it.
@@ -202,7 +223,7 @@ impl Db {
         };
         let options = AnyPoolOptions::new()
             .max_connections(config.max_connections)
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(config.acquire_timeout);
         let pool = match backend {
             Backend::Sqlite => {
                 let pool = options

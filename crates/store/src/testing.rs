@@ -59,6 +59,25 @@ impl TestDb {
         connections: u32,
         migrator: &Migrator,
     ) -> TestDb {
+        Self::open_with_timeout(
+            service,
+            backend,
+            connections,
+            StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
+            migrator,
+        )
+        .await
+    }
+
+    /// Like [`TestDb::open`], with queries waiting at most
+    /// `acquire_timeout` for a pooled connection (tests of a busy pool).
+    pub async fn open_with_timeout(
+        service: &str,
+        backend: Backend,
+        connections: u32,
+        acquire_timeout: std::time::Duration,
+        migrator: &Migrator,
+    ) -> TestDb {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let (service, url, schema) = match backend {
             Backend::Sqlite => (service.to_owned(), None, None),
@@ -72,6 +91,7 @@ impl TestDb {
             data_dir: dir.path().to_path_buf(),
             url,
             max_connections: connections,
+            acquire_timeout,
         };
         let db = Db::connect(&config).await.unwrap_or_else(|e| {
             panic!(

@@ -42,6 +42,7 @@ async fn sqlite_file_in_data_dir() {
         data_dir: dir.path().join("data"),
         url: None,
         max_connections: 4,
+        acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
     };
     let db = Db::connect(&config).await.expect("connect");
     assert_eq!(db.backend(), Backend::Sqlite);
@@ -58,6 +59,7 @@ async fn postgres_schema_per_service() {
         data_dir: std::env::temp_dir(),
         url: Some(postgres_url()),
         max_connections: 4,
+        acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
     };
     let db = Db::connect(&config)
         .await
@@ -104,6 +106,7 @@ async fn sqlite_log_is_checkpointed_in_the_background() {
         data_dir: dir.path().to_path_buf(),
         url: None,
         max_connections: 2,
+        acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
     };
     let db = Db::connect(&config).await.expect("connect");
     db.migrate(&SQLITE, &POSTGRES).await.expect("migrate");

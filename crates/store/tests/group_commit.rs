@@ -9,7 +9,7 @@ use trustmesh_store::{Backend, Db, StoreError, sql};
 
 mod common;
 
-use common::{close, open};
+use common::{close, open, open_with};
 
 /// Why a unit refused to keep its writes.
 #[derive(Debug)]
@@ -329,4 +329,60 @@ async fn sqlite_batch_handler_falls_back_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_batch_handler_falls_back_one_by_one() {
     batch_handler_falls_back_one_by_one(Backend::Postgres).await;
+}
+
+/// A unit of work that reads one row.
+fn select_one(conn: &mut sqlx::AnyConnection) -> BoxFuture<'_, Result<i64, StoreError>> {
+    Box::pin(async move { Ok(sqlx::query_scalar("SELECT 1").fetch_one(conn).await?) })
+}
+
+/// A pool with no connection to spare is busy, not broken: a query and a
+/// writer's unit that waited out the acquire timeout fail with an error
+/// that says so ([`StoreError::is_busy`], which the services answer with
+/// `Unavailable`), and the writer works again once a connection is free.
+async fn a_busy_pool_is_reported_as_busy(backend: Backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open_with(
+        backend,
+        dir.path(),
+        1,
+        std::time::Duration::from_millis(200),
+    )
+    .await;
+    let writer = Writer::new(&db);
+    let mut held = db.pool().acquire().await.expect("the only connection");
+
+    let err = sqlx::query("SELECT 1")
+        .execute(db.pool())
+        .await
+        .map_err(StoreError::from)
+        .expect_err("no connection to spare");
+    assert!(err.is_busy(), "not busy: {err}");
+    let err = writer
+        .run(select_one)
+        .await
+        .expect_err("no connection to spare");
+    assert!(err.is_busy(), "not busy: {err}");
+    // Other failures are not busy.
+    let err = sqlx::query("SELECT * FROM no_such_table")
+        .execute(&mut *held)
+        .await
+        .map_err(StoreError::from)
+        .expect_err("no such table");
+    assert!(!err.is_busy(), "busy: {err}");
+
+    drop(held);
+    assert_eq!(writer.run(select_one).await.expect("a free connection"), 1);
+    drop(writer);
+    close(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_busy_pool_is_reported_as_busy() {
+    a_busy_pool_is_reported_as_busy(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_busy_pool_is_reported_as_busy() {
+    a_busy_pool_is_reported_as_busy(Backend::Postgres).await;
 }

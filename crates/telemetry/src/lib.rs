@@ -3,12 +3,15 @@
 //! `/healthz` and `/readyz`.
 //!
 //! A process calls [`init_tracing`] once at start-up, registers its metrics in
-//! a [`MetricsRegistry`], and runs [`serve_admin`] beside its main listener.
+//! a [`MetricsRegistry`] (its request latencies as [`RouteLatency`]
+//! histograms), and runs [`serve_admin`] beside its main listener.
 
 mod admin;
+pub mod latency;
 mod logging;
 
 pub use admin::{AdminError, Readiness, serve_admin};
+pub use latency::RouteLatency;
 pub use logging::init_tracing;
 
 use std::sync::{Arc, Mutex, PoisonError};

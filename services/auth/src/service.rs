@@ -87,6 +87,10 @@ fn status(code: tonic::Code, reason: &str, message: &str) -> Status {
 }
 
 fn internal(e: StoreError) -> Status {
+    if e.is_busy() {
+        tracing::warn!(error = %e, "auth store busy");
+        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    }
     tracing::error!(error = %e, "auth store failed");
     Status::internal("storage failure")
 }

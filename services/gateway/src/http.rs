@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, MatchedPath, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::Layer;
 use trustmesh_runtime::Shutdown;
-use trustmesh_telemetry::Readiness;
+use trustmesh_telemetry::latency::OTHER_ROUTE;
+use trustmesh_telemetry::{Readiness, RouteLatency};
 
 use crate::GatewayError;
 use crate::api::Api;
@@ -32,6 +33,51 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `readiness` drives `/readyz`.
 pub fn router(readiness: Readiness) -> Router {
     build(readiness, None)
+}
+
+/// `router` with the time to answer each request (to its response's
+/// headers) recorded in `latency`, labelled `"<METHOD> <route template>"`
+/// (`POST /api/v1/auth/login/mfa`, `GET /api/v1/payments/{id}`); a request that matched
+/// no route, or with a method outside the standard ones, is
+/// [`OTHER_ROUTE`].
+pub fn timed(router: Router, latency: RouteLatency) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(
+        latency,
+        record_latency,
+    ))
+}
+
+async fn record_latency(
+    State(latency): State<RouteLatency>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = Instant::now();
+    let route = match (
+        request.extensions().get::<MatchedPath>(),
+        standard_method(request.method()),
+    ) {
+        (Some(path), Some(method)) => format!("{method} {}", path.as_str()),
+        _ => OTHER_ROUTE.to_owned(),
+    };
+    let response = next.run(request).await;
+    latency.observe(&route, started.elapsed());
+    response
+}
+
+/// The name of `method` if it is one of HTTP's standard methods (a client
+/// may send any token as a method).
+fn standard_method(method: &Method) -> Option<&str> {
+    const STANDARD: [Method; 7] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+    ];
+    STANDARD.contains(method).then(|| method.as_str())
 }
 
 /// The whole gateway: the operational routes and the REST API of [`Api`].

@@ -22,13 +22,16 @@ use trustmesh_events::Pipeline;
 use trustmesh_policy::PolicyEngine;
 use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RuntimeError, Shutdown};
 use trustmesh_store::{Db, StoreConfig, StoreError};
-use trustmesh_telemetry::MetricsRegistry;
+use trustmesh_telemetry::{MetricsRegistry, RouteLatency};
 
 /// The gateway's schema (its outbox): portable SQL.
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub use api::Api;
-pub use http::{app, router};
+pub use http::{app, router, timed};
+
+/// The gateway's metric of the time it takes to answer an HTTPS request.
+pub const HTTP_HANDLING_SECONDS: &str = "http_server_handling_seconds";
 
 /// Errors of the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -137,14 +140,20 @@ pub async fn start(
     let server = GrpcServer::new("gateway", &config.trust_domain, source, policy)
         .grpc_addr(config.grpc_addr)
         .admin_addr(config.admin_addr)
-        .metrics(metrics)
+        .metrics(metrics.clone())
         .deny_hook(deny_hook);
     let readiness = server.readiness();
+    let latency = RouteLatency::register(
+        &metrics,
+        HTTP_HANDLING_SECONDS,
+        "Time from an HTTPS request's arrival to its response's headers, by route",
+    );
+    let timed_app = http::timed(app(readiness, rest), latency);
     let grpc = server
         .start(tonic::service::Routes::default(), shutdown.clone())
         .await?;
     let (https, https_task) =
-        http::serve_https(config.https_addr, tls, app(readiness, rest), shutdown).await?;
+        http::serve_https(config.https_addr, tls, timed_app, shutdown).await?;
     tracing::info!(%https, ca = %ca.ca_path().display(), "gateway HTTPS ready");
     Ok(RunningGateway {
         addrs: GatewayAddrs {

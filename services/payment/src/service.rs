@@ -430,6 +430,10 @@ fn internal(e: StoreError) -> Status {
         // the service, is what cannot go on.
         return Status::failed_precondition(format!("limit_exceeded: {why}"));
     }
+    if e.is_busy() {
+        tracing::warn!(error = %e, "payment store busy");
+        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    }
     tracing::error!(error = %e, "payment store failed");
     Status::internal("storage failure")
 }

@@ -51,6 +51,10 @@ impl UserService {
 }
 
 fn internal(e: StoreError) -> Status {
+    if e.is_busy() {
+        tracing::warn!(error = %e, "user store busy");
+        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    }
     tracing::error!(error = %e, "user store failed");
     Status::internal("storage failure")
 }

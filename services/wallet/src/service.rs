@@ -155,6 +155,10 @@ pub fn ledger_status(e: LedgerError) -> Status {
 }
 
 fn internal(e: StoreError) -> Status {
+    if e.is_busy() {
+        tracing::warn!(error = %e, "wallet store busy");
+        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    }
     tracing::error!(error = %e, "wallet store failed");
     Status::internal("storage failure")
 }

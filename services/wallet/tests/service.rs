@@ -2,7 +2,8 @@
 //! the policy layer are covered by `mesh.rs`): status codes, pagination
 //! newest first with opaque tokens, and the deposit's second policy
 //! decision with the agent's 24 h volume (the daily limit), also under
-//! concurrency.
+//! concurrency; a database with no connection to spare answers
+//! `Unavailable` (retry), not `Internal`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -29,6 +30,7 @@ on_both_backends!(
     transactions_are_paginated_newest_first,
     deposit_daily_limit_is_enforced,
     concurrent_deposits_respect_the_daily_limit,
+    a_busy_database_is_unavailable,
 );
 
 fn service(db: &TestDb) -> WalletService {
@@ -449,4 +451,39 @@ async fn concurrent_deposits_respect_the_daily_limit(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(balance.balances[0].amount, 5_000_000);
+}
+
+/// Every pooled connection taken and none freed within the acquire
+/// timeout: reads and postings answer `Unavailable` with the store's busy
+/// message (the gateway's 503), and work again once a connection is free.
+async fn a_busy_database_is_unavailable(backend: Backend) {
+    let db = TestDb::open_single(backend).await;
+    let wallet = service(&db);
+    let (alice, bob) = (user(), user());
+    let held = db.db.pool().acquire().await.unwrap();
+
+    let balance = || {
+        wallet.get_balance(Request::new(GetBalanceRequest {
+            user_id: alice.clone(),
+        }))
+    };
+    let status = balance().await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), trustmesh_store::BUSY_MESSAGE);
+    let status = wallet
+        .transfer(Request::new(transfer_req(&alice, &bob, 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let status = wallet
+        .deposit(from_peer(
+            TEST_AGENT,
+            deposit_req(&alice, 5, "EUR", &user()),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    drop(held);
+    assert!(balance().await.unwrap().into_inner().balances.is_empty());
 }

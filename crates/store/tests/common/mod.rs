@@ -10,6 +10,17 @@ static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
 /// A fresh database; on PostgreSQL a schema of its own, which [`close`]
 /// drops.
 pub async fn open(backend: Backend, dir: &std::path::Path) -> Db {
+    open_with(backend, dir, 8, StoreConfig::DEFAULT_ACQUIRE_TIMEOUT).await
+}
+
+/// Like [`open`], with a pool of `connections` that a query waits for at
+/// most `acquire_timeout`.
+pub async fn open_with(
+    backend: Backend,
+    dir: &std::path::Path,
+    connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Db {
     let service = format!("gc_{}", uuid::Uuid::new_v4().simple());
     let url = match backend {
         Backend::Sqlite => None,
@@ -22,7 +33,8 @@ pub async fn open(backend: Backend, dir: &std::path::Path) -> Db {
         service,
         data_dir: dir.to_path_buf(),
         url,
-        max_connections: 8,
+        max_connections: connections,
+        acquire_timeout,
     })
     .await
     .expect("connect (PostgreSQL must be running: scripts/services.sh)");

@@ -36,6 +36,20 @@ impl TestDb {
         Self::wrap(guard, backend)
     }
 
+    /// A fresh, migrated database on `backend` with a pool of one
+    /// connection that a query waits for at most 200 ms (a busy pool).
+    pub async fn open_single(backend: Backend) -> Self {
+        let guard = trustmesh_store::testing::TestDb::open_with_timeout(
+            "wallet",
+            backend,
+            1,
+            std::time::Duration::from_millis(200),
+            &MIGRATIONS,
+        )
+        .await;
+        Self::wrap(guard, backend)
+    }
+
     /// Wraps a test database opened with other migrations.
     pub fn wrap(guard: trustmesh_store::testing::TestDb, backend: Backend) -> Self {
         Self {
