@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// Auth: failed logins per client IP within the window (all accounts).
     #[arg(long, env = "TRUSTMESH_AUTH_IP_MAX_FAILURES", default_value_t = 20)]
     auth_ip_max_failures: u32,
+    /// Auth: threads that hash passwords (Argon2id, at the lowest CPU
+    /// priority); 0 means one per core but one (at least one).
+    #[arg(long, env = "TRUSTMESH_AUTH_HASH_THREADS", default_value_t = 0)]
+    auth_hash_threads: usize,
     /// Auth: the window in which failures count, and how long a lock lasts.
     #[arg(long, env = "TRUSTMESH_AUTH_LOCK_FOR", default_value = "15m", value_parser = humantime::parse_duration)]
     auth_lock_for: Duration,
@@ -149,6 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 grpc_addr: args.grpc_addr,
                 admin_addr: args.admin_addr,
                 settings,
+                hash_threads: args.auth_hash_threads,
             };
             let server = trustmesh_auth::start(config, source, policy, shutdown.clone()).await?;
             serve_until_stopped(&args.service, spiffe_id, server, &common).await?

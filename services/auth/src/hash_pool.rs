@@ -1,5 +1,6 @@
-//! Argon2id off the async threads: a few dedicated threads, one per core,
-//! that run at the lowest CPU priority (`SCHED_IDLE` on Linux, and nice 19).
+//! Argon2id off the async threads: a few dedicated threads, one per core
+//! but one, that run at the lowest CPU priority (`SCHED_IDLE` on Linux, and
+//! nice 19).
 //!
 //! A password hash takes about 17 ms of one core by design, and a burst of
 //! logins keeps every hashing thread busy. At the normal priority the
@@ -16,10 +17,16 @@
 //! `SCHED_IDLE` thread keeps about 0.3 % of a normal thread's weight, so
 //! give the auth service cores, or a CPU quota, of its own).
 //!
-//! The pool has as many threads as it may run hashes at once (one per core
-//! by default), and jobs wait in one first-come-first-served queue, so a
-//! burst queues for the hasher instead of taking every core. A job whose
-//! caller has gone away (a cancelled request) is skipped.
+//! The pool has as many threads as it may run hashes at once, and jobs wait
+//! in one first-come-first-served queue, so a burst queues for the hasher
+//! instead of taking every core. By default it leaves one core without a
+//! hash ([`HashPool::default_threads`]): with a hash on every core, a
+//! waking request thread still waited, now and then, for milliseconds (on
+//! a 2-core machine `perf sched` showed the waits of the auth service's
+//! threads spent beside running hashes, the MFA step's p99 at 20 concurrent
+//! logins 6–13 ms); with one core free of hashes it was 4.5–5.3 ms, for
+//! half the hash throughput on 2 cores (README → Performance → Login). A
+//! job whose caller has gone away (a cancelled request) is skipped.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, mpsc};
@@ -59,12 +66,15 @@ impl HashPool {
         Ok(Self { queue })
     }
 
-    /// One thread per core at [`HASH_NICE`].
-    pub fn per_core() -> std::io::Result<Self> {
-        Self::new(
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
-            HASH_NICE,
-        )
+    /// [`HashPool::default_threads`] threads at [`HASH_NICE`].
+    pub fn with_default_threads() -> std::io::Result<Self> {
+        Self::new(Self::default_threads(), HASH_NICE)
+    }
+
+    /// One thread per core but one, and at least one: the core left over
+    /// serves requests without waiting behind a hash.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
     }
 
     /// Runs `job` on a pool thread, after the jobs queued before it.
@@ -138,6 +148,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn leaves_a_core_free_of_hashes() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = HashPool::default_threads();
+        assert_eq!(threads, cores.saturating_sub(1).max(1), "{cores} cores");
+    }
 
     #[tokio::test]
     async fn runs_jobs_at_low_priority_and_survives_a_panic() {

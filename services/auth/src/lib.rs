@@ -81,6 +81,9 @@ pub struct AuthConfig {
     pub admin_addr: SocketAddr,
     /// Lifetimes and limits.
     pub settings: service::AuthSettings,
+    /// Threads that hash passwords; 0 means
+    /// [`hash_pool::HashPool::default_threads`] (one per core but one).
+    pub hash_threads: usize,
 }
 
 /// Rotates the signing keys when due (checked every minute); the ring keeps
@@ -130,7 +133,11 @@ pub async fn start(
     password::warm_up();
     let hasher = password::Hasher::new(password::HashParams::default())
         .map_err(|e| AuthError::Hasher(e.to_string()))?;
-    let hashing = hash_pool::HashPool::per_core().map_err(AuthError::HashThreads)?;
+    let hashing = match config.hash_threads {
+        0 => hash_pool::HashPool::with_default_threads(),
+        threads => hash_pool::HashPool::new(threads, hash_pool::HASH_NICE),
+    }
+    .map_err(AuthError::HashThreads)?;
     let tokens = TokenIssuer::new(keys.clone(), TOKEN_ISSUER, TOKEN_AUDIENCE, ACCESS_TOKEN_TTL);
     spawn_key_rotation(keys.clone(), shutdown.clone());
 
