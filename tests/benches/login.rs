@@ -39,9 +39,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use trustmesh_tests::stats::{
-    histogram_buckets, histogram_delta, histogram_quantile, ms, percentile,
-};
+use trustmesh_tests::hops::{self, Hop};
+use trustmesh_tests::stats::{ms, percentile};
 use trustmesh_tests::{Http1Connection, Mesh};
 
 const PASSWORD: &str = "correct horse battery staple 7";
@@ -54,50 +53,18 @@ const LEVELS: [usize; 2] = [20, 50];
 const CODES: usize = 10;
 
 /// The MFA step as the gateway route and the auth RPC timed it.
-const MFA_TIMERS: [(&str, &str, &str); 2] = [
-    (
-        "gateway",
-        "http_server_handling_seconds",
-        "POST /api/v1/auth/login/mfa",
-    ),
-    (
-        "auth",
-        "grpc_server_handling_seconds",
-        "/trustmesh.auth.v1.Auth/LoginMfa",
-    ),
+const MFA_HOPS: [Hop; 2] = [
+    Hop {
+        service: "gateway",
+        metric: hops::HTTP,
+        route: "POST /api/v1/auth/login/mfa",
+    },
+    Hop {
+        service: "auth",
+        metric: hops::GRPC,
+        route: "/trustmesh.auth.v1.Auth/LoginMfa",
+    },
 ];
-
-/// The `/metrics` texts of the services of [`MFA_TIMERS`], in that order.
-async fn read_timers(mesh: &Mesh) -> Vec<String> {
-    let mut texts = Vec::new();
-    for (service, _, _) in MFA_TIMERS {
-        let (status, text) = trustmesh_tests::http_get(mesh.admin_addr(service), "/metrics")
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "GET /metrics of {service}");
-        texts.push(text);
-    }
-    texts
-}
-
-/// One line: the MFA steps between two [`read_timers`] as each hop timed
-/// them.
-fn server_side(before: &[String], after: &[String]) -> String {
-    let mut parts = Vec::new();
-    for (i, (service, metric, route)) in MFA_TIMERS.into_iter().enumerate() {
-        let delta = histogram_delta(
-            &histogram_buckets(&before[i], metric, route),
-            &histogram_buckets(&after[i], metric, route),
-        );
-        let count = delta.last().map_or(0, |b| b.1);
-        parts.push(format!(
-            "{service} {count}: p50 {:.1} ms  p99 {:.1} ms",
-            ms(histogram_quantile(&delta, 0.5)),
-            ms(histogram_quantile(&delta, 0.99)),
-        ));
-    }
-    format!("    as timed inside: {}", parts.join(" | "))
-}
 
 /// One client: its own kept-alive HTTPS connection to the gateway.
 struct Client {
@@ -331,9 +298,9 @@ fn main() {
             let clients = connect_clients(addr, &ca).await;
             let level_users = Arc::new(users[level * per_level..][..per_level].to_vec());
             assert!(level_users.iter().all(|u| u.recovery.len() == CODES));
-            let timers = read_timers(&mesh).await;
+            let before = hops::read(&mesh, &MFA_HOPS).await;
             let (mut totals, mut mfas) = login_level(&clients, &level_users, concurrency).await;
-            let inside = server_side(&timers, &read_timers(&mesh).await);
+            let inside = hops::inside(&MFA_HOPS, &before, &hops::read(&mesh, &MFA_HOPS).await);
             totals.sort();
             mfas.sort();
             println!(
@@ -352,7 +319,7 @@ fn main() {
         // code of the next time step (within the accepted window) is fresh
         // even for a user who confirmed in this one.
         let clients = connect_clients(addr, &ca).await;
-        let timers = read_timers(&mesh).await;
+        let before = hops::read(&mesh, &MFA_HOPS).await;
         let mut mfas = Vec::new();
         for (client, user) in clients.iter().zip(users.iter()) {
             let ticket = password_step(client, &user.email).await;
@@ -366,7 +333,10 @@ fn main() {
             ms(percentile(&mfas, 0.5)),
             ms(percentile(&mfas, 0.99)),
         );
-        println!("{}", server_side(&timers, &read_timers(&mesh).await));
+        println!(
+            "{}",
+            hops::inside(&MFA_HOPS, &before, &hops::read(&mesh, &MFA_HOPS).await)
+        );
     });
     drop(mesh);
 }

@@ -20,8 +20,11 @@
 //! (no coordinated omission). The paced p50/p99 is the latency at the
 //! target throughput.
 //!
-//! After each phase: the CPU each process used, as a share of one core over
-//! the phase (where the time goes), and `trustmesh wallet check`.
+//! After each phase: what each hop timed of the same requests (its
+//! `/metrics` histogram, warm-up included: the gateway's route, the payment
+//! service's `CreatePayment`, the wallet's `Transfer`), the CPU each
+//! process used, as a share of one core over the phase (where the time
+//! goes), and `trustmesh wallet check`.
 //!
 //! Run: `cargo build --release -p trustmesh && cargo bench -p trustmesh-tests
 //! --bench money` (PostgreSQL on 127.0.0.1:5432, as `scripts/services.sh`
@@ -39,6 +42,7 @@ use serde_json::{Value, json};
 use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_proto::trustmesh::wallet::v1::{DepositRequest, TransferRequest};
 use trustmesh_runtime::{MeshChannel, RunReport, SvidFiles, connect_channel};
+use trustmesh_tests::hops::{self, Hop};
 use trustmesh_tests::rest::{Api, bearer, login, register};
 use trustmesh_tests::stats::{ms, percentile};
 use trustmesh_tests::{Http1Connection, Mesh, PostgresDb, copy_dir, repo_root, run_cli, spiffe_id};
@@ -213,6 +217,41 @@ impl Outcome {
             }
         }
     }
+}
+
+/// The wallet's own time for a transfer.
+const WALLET_TRANSFER: Hop = Hop {
+    service: "wallet",
+    metric: hops::GRPC,
+    route: "/trustmesh.wallet.v1.Wallet/Transfer",
+};
+
+/// The hops of `POST /api/v1/payments`: the gateway, the payment service,
+/// the wallet.
+const PAYMENT_HOPS: [Hop; 3] = [
+    Hop {
+        service: "gateway",
+        metric: hops::HTTP,
+        route: "POST /api/v1/payments",
+    },
+    Hop {
+        service: "payment",
+        metric: hops::GRPC,
+        route: "/trustmesh.payment.v1.Payment/CreatePayment",
+    },
+    WALLET_TRANSFER,
+];
+
+/// Runs `phase`, then prints its report as `what` and what each of `hops`
+/// timed of it.
+async fn measure(mesh: &Mesh, hops: &[Hop], what: &str, phase: impl Future<Output = Outcome>) {
+    let before = hops::read(mesh, hops).await;
+    let mut outcome = phase.await;
+    report(what, &mut outcome);
+    println!(
+        "{}",
+        hops::inside(hops, &before, &hops::read(mesh, hops).await)
+    );
 }
 
 fn report(what: &str, outcome: &mut Outcome) {
@@ -479,16 +518,20 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
                     .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
             }
         };
-        let mut outcome = drive(&mesh, transfer.clone()).await;
-        report(
+        measure(
+            &mesh,
+            &[WALLET_TRANSFER],
             &format!("wallet.Transfer direct, {CALLERS} callers, closed loop"),
-            &mut outcome,
-        );
-        let mut outcome = paced(&mesh, DIRECT_RATE, transfer).await;
-        report(
+            drive(&mesh, transfer.clone()),
+        )
+        .await;
+        measure(
+            &mesh,
+            &[WALLET_TRANSFER],
             &format!("wallet.Transfer direct, paced at {DIRECT_RATE}/s"),
-            &mut outcome,
-        );
+            paced(&mesh, DIRECT_RATE, transfer),
+        )
+        .await;
 
         // 2. POST /payments through the gateway, one connection per user.
         let mut connections = Vec::new();
@@ -530,16 +573,20 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
                 }
             }
         };
-        let mut outcome = drive(&mesh, pay.clone()).await;
-        report(
+        measure(
+            &mesh,
+            &PAYMENT_HOPS,
             &format!("POST /payments end to end, {CALLERS} users, closed loop"),
-            &mut outcome,
-        );
-        let mut outcome = paced(&mesh, E2E_RATE, pay).await;
-        report(
+            drive(&mesh, pay.clone()),
+        )
+        .await;
+        measure(
+            &mesh,
+            &PAYMENT_HOPS,
             &format!("POST /payments end to end, paced at {E2E_RATE}/s"),
-            &mut outcome,
-        );
+            paced(&mesh, E2E_RATE, pay),
+        )
+        .await;
     });
     offline_checks(&mesh, envs);
     drop(mesh);

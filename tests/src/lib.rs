@@ -23,6 +23,7 @@ use trustmesh_identity::{Issuer, IssuerConfig, PeerIdentity, Registry};
 use trustmesh_policy::PolicyEngine;
 use trustmesh_runtime::{GrpcServer, Shutdown, SvidFiles};
 
+pub mod hops;
 pub mod rest;
 pub mod stats;
 

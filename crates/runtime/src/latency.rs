@@ -8,12 +8,13 @@
 //! path a caller sends (health checks, unknown methods), so callers cannot
 //! grow the series without bound.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
+use prometheus_client::metrics::histogram::Histogram;
 use tower::{Layer, Service};
 use trustmesh_telemetry::RouteLatency;
 use trustmesh_telemetry::latency::OTHER_ROUTE;
@@ -24,17 +25,45 @@ pub const HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 /// A [`tower::Layer`] timing every call of a tonic server.
 #[derive(Clone, Debug)]
 pub struct HandlingTimeLayer {
+    routes: Arc<Routes>,
+}
+
+/// Each method's histogram, resolved at its first call (a series appears
+/// once its method is called; later calls cost no label allocation and no
+/// lookup in the metric family).
+#[derive(Debug)]
+struct Routes {
     latency: RouteLatency,
-    known: Arc<HashSet<String>>,
+    known: HashMap<String, OnceLock<Histogram>>,
+    other: OnceLock<Histogram>,
+}
+
+impl Routes {
+    fn histogram(&self, path: &str) -> Histogram {
+        match self.known.get_key_value(path) {
+            Some((path, cell)) => cell.get_or_init(|| self.latency.histogram(path)),
+            None => self
+                .other
+                .get_or_init(|| self.latency.histogram(OTHER_ROUTE)),
+        }
+        .clone()
+    }
 }
 
 impl HandlingTimeLayer {
     /// Times the calls into `latency`, labelled by method for the paths in
     /// `known`.
     pub fn new<'a>(latency: RouteLatency, known: impl IntoIterator<Item = &'a str>) -> Self {
+        let known = known
+            .into_iter()
+            .map(|path| (path.to_owned(), OnceLock::new()))
+            .collect();
         Self {
-            latency,
-            known: Arc::new(known.into_iter().map(str::to_owned).collect()),
+            routes: Arc::new(Routes {
+                latency,
+                known,
+                other: OnceLock::new(),
+            }),
         }
     }
 }
@@ -45,7 +74,7 @@ impl<S> Layer<S> for HandlingTimeLayer {
     fn layer(&self, inner: S) -> Self::Service {
         HandlingTime {
             inner,
-            layer: self.clone(),
+            routes: self.routes.clone(),
         }
     }
 }
@@ -54,7 +83,7 @@ impl<S> Layer<S> for HandlingTimeLayer {
 #[derive(Clone, Debug)]
 pub struct HandlingTime<S> {
     inner: S,
-    layer: HandlingTimeLayer,
+    routes: Arc<Routes>,
 }
 
 impl<S, B> Service<http::Request<B>> for HandlingTime<S>
@@ -72,17 +101,11 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
-        let path = request.uri().path();
-        let route = if self.layer.known.contains(path) {
-            path.to_owned()
-        } else {
-            OTHER_ROUTE.to_owned()
-        };
+        let histogram = self.routes.histogram(request.uri().path());
         let answer = self.inner.call(request);
-        let latency = self.layer.latency.clone();
         Box::pin(async move {
             let response = answer.await;
-            latency.observe(&route, started.elapsed());
+            histogram.observe(started.elapsed().as_secs_f64());
             response
         })
     }
