@@ -34,12 +34,13 @@ decision := data.trustmesh.lib.from_any_workload if {
 	input.rpc in {"/trustmesh.auth.v1.Auth/GetJwks", "/trustmesh.auth.v1.Auth/CheckSession"}
 }
 
-# Password re-verification, email change and account deletion: the user
-# service only.
+# Password re-verification, email change, account deletion and ending a
+# user's sessions when their role changes: the user service only.
 decision := data.trustmesh.lib.from_workload("user") if {
 	input.rpc in {
 		"/trustmesh.auth.v1.Auth/VerifyPassword",
 		"/trustmesh.auth.v1.Auth/DeleteAccount",
 		"/trustmesh.auth.v1.Auth/ChangeEmail",
+		"/trustmesh.auth.v1.Auth/RevokeUserSessions",
 	}
 }

@@ -55,6 +55,12 @@ test_password_checks_only_from_the_user_service if {
 	auth.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("ChangeEmail", gateway, subject)
 }
 
+test_only_the_user_service_ends_a_users_sessions if {
+	auth.decision.allow with input as call("RevokeUserSessions", user_svc, null)
+	auth.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("RevokeUserSessions", gateway, subject)
+	auth.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("RevokeUserSessions", wallet, null)
+}
+
 test_unknown_method_denied if {
 	auth.decision == {"allow": false, "reason": "unknown_method"} with input as call("Impersonate", gateway, subject)
 }

@@ -451,6 +451,17 @@ fn the_operator_makes_the_first_admin_who_manages_roles() {
     );
     assert_eq!(promote.status, 200, "{promote:?}");
     assert_eq!(json_of(&promote)["role"], "manager");
+    // The change ends Bob's sessions (no token keeps the old role, within
+    // the verifiers' 2 s session cache); he signs in again as a manager.
+    std::thread::sleep(Duration::from_millis(2500));
+    expect(&api.get_with("/api/v1/users/me", &user_token), 401, "");
+    let user = login(
+        &api,
+        &bob_email,
+        json!({"recovery_code": bob.recovery_codes[1]}),
+    );
+    assert_eq!(user["role"], "manager", "{user}");
+    let user_token = user["access_token"].as_str().unwrap().to_owned();
     let self_promote = api.call(
         "POST",
         &format!("/api/v1/users/{}/role", bob.user_id),
@@ -521,7 +532,7 @@ fn the_operator_makes_the_first_admin_who_manages_roles() {
     let _ = login(
         &api,
         &new_email,
-        json!({"recovery_code": bob.recovery_codes[1]}),
+        json!({"recovery_code": bob.recovery_codes[2]}),
     );
     let bob_email = new_email;
 

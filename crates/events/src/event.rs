@@ -18,6 +18,8 @@ pub mod action {
     pub const LOGOUT: &str = "LOGOUT";
     /// A password changed.
     pub const PASSWORD_CHANGE: &str = "PASSWORD_CHANGE";
+    /// Every session of a user ended at once (`reason`: `role_changed`).
+    pub const SESSIONS_REVOKED: &str = "SESSIONS_REVOKED";
     /// An account locked after too many failures.
     pub const ACCOUNT_LOCKED: &str = "ACCOUNT_LOCKED";
     /// A role changed (`from`, `to`, `changed_by`).

@@ -30,6 +30,9 @@ use crate::store::{
 };
 use crate::{email, recovery, totp};
 
+/// The longest reason [`Auth::revoke_user_sessions`] records.
+const MAX_REASON: usize = 40;
+
 /// Lifetimes and limits of the auth domain.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -65,9 +68,9 @@ impl Default for AuthSettings {
 pub struct AuthService {
     store: AuthStore,
     hasher: Arc<Hasher>,
-    /// Where Argon2id runs: one low-priority thread per core, so a burst of
-    /// logins queues for the hasher instead of taking every core from the
-    /// rest of the service (see [`HashPool`]).
+    /// Where Argon2id runs: low-priority threads, one per core but one by
+    /// default, so a burst of logins queues for the hasher instead of
+    /// taking every core from the rest of the service (see [`HashPool`]).
     hashing: HashPool,
     secrets: Arc<KeyRing>,
     tokens: TokenIssuer,
@@ -560,6 +563,7 @@ impl Auth for AuthService {
             .as_ref()
             .filter(|a| a.confirmed)
             .map(|a| a.user_id.clone());
+        let role_read_at = unix_now();
         let role_lookup = async {
             match confirmed_user {
                 Some(user_id) => Some(self.fetch_role(&user_id).await),
@@ -605,17 +609,10 @@ impl Auth for AuthService {
         .transpose()?;
         // The role goes into the ticket, and from there into the session's
         // first access token: the MFA step does not ask the user service
-        // again. A role change between the two steps (the ticket lives
-        // `mfa_ticket_ttl`, 5 minutes by default) therefore reaches this
-        // session at its first refresh, like a change made just after the
-        // MFA step: access tokens already carry a role for up to their 15
-        // minutes, and role changes do not revoke sessions, so the ticket
-        // adds at most its own lifetime to that existing delay, and the role
-        // was the user's own a moment before. Refresh asks the user service
-        // every time, so no session keeps a stale role beyond one access
-        // token. (A demotion that must bite at once needs the user's
-        // sessions revoked, which a role change does not do, with or
-        // without this.)
+        // again. A role change revokes the user's sessions and deletes their
+        // tickets (`RevokeUserSessions`); a ticket written after that by a
+        // step that read the role before it is stored without the role
+        // (`create_ticket`), and the MFA step asks for the current one.
         let role = self.role_of(&account, fetched_role).await?;
         if needs_rehash {
             let phc = self.hash_password(req.password).await?;
@@ -631,6 +628,7 @@ impl Auth for AuthService {
                 &token_hash(&ticket),
                 &account.user_id,
                 &role,
+                role_read_at,
                 unix_now() + ttl,
             )
             .await
@@ -968,6 +966,41 @@ impl Auth for AuthService {
         }
         tracing::info!(user_id = %req.user_id, "account deleted");
         Ok(Response::new(DeleteAccountReply {}))
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        request: Request<RevokeUserSessionsRequest>,
+    ) -> Result<Response<RevokeUserSessionsReply>, Status> {
+        let req = request.into_inner();
+        if uuid::Uuid::parse_str(&req.user_id).is_err() {
+            return Err(status(
+                tonic::Code::InvalidArgument,
+                "invalid_user_id",
+                "user_id must be a UUID",
+            ));
+        }
+        let reason_ok = (1..=MAX_REASON).contains(&req.reason.len())
+            && req
+                .reason
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_');
+        if !reason_ok {
+            return Err(status(
+                tonic::Code::InvalidArgument,
+                "invalid_reason",
+                "reason must be 1 to 40 of a-z and _",
+            ));
+        }
+        let revoked = self
+            .store
+            .revoke_user_sessions(&req.user_id, &req.reason)
+            .await
+            .map_err(internal)?;
+        tracing::info!(user_id = %req.user_id, reason = %req.reason, revoked, "sessions of a user revoked");
+        Ok(Response::new(RevokeUserSessionsReply {
+            revoked: u32::try_from(revoked).unwrap_or(u32::MAX),
+        }))
     }
 
     async fn change_email(

@@ -647,12 +647,17 @@ impl AuthStore {
     }
 
     /// Stores an MFA ticket (by hash) with the role its session will carry
-    /// (see [`Self::login_mfa`]).
+    /// (see [`Self::login_mfa`]), read from the user service from
+    /// `role_read_at` on. When the user's sessions were revoked since then
+    /// (a role change, see [`Self::revoke_user_sessions`]), that role may be
+    /// the old one: the ticket is stored without it, and the MFA step asks
+    /// for the current role.
     pub async fn create_ticket(
         &self,
         hash: &str,
         user_id: &str,
         role: &str,
+        role_read_at: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
         let (hash, user_id, role) = (hash.to_owned(), user_id.to_owned(), role.to_owned());
@@ -660,12 +665,14 @@ impl AuthStore {
             Box::pin(async move {
                 sqlx::query(
                     "INSERT INTO mfa_tickets (ticket_hash, user_id, expires_at, role) \
-                     VALUES ($1, $2, $3, $4)",
+                     VALUES ($1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM session_revocations r \
+                     WHERE r.user_id = $2 AND r.revoked_at >= $5) THEN '' ELSE $4 END)",
                 )
                 .bind(&hash)
                 .bind(&user_id)
                 .bind(expires_at)
                 .bind(&role)
+                .bind(role_read_at)
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -817,6 +824,59 @@ impl AuthStore {
         .await
     }
 
+    /// Ends every active session of `user_id` (recording `reason` on each),
+    /// deletes their pending MFA tickets and remembers when (see
+    /// [`Self::create_ticket`]), with one `SESSIONS_REVOKED` event, in one
+    /// transaction. Returns how many sessions ended.
+    pub async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let (user_id, reason) = (user_id.to_owned(), reason.to_owned());
+        self.write(move |conn| {
+            Box::pin(async move {
+                let now = unix_now();
+                sqlx::query(
+                    "INSERT INTO session_revocations (user_id, revoked_at) VALUES ($1, $2) \
+                     ON CONFLICT (user_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                )
+                .bind(&user_id)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                let ended = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE user_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(now)
+                .bind(&reason)
+                .bind(&user_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+                let tickets = sqlx::query("DELETE FROM mfa_tickets WHERE user_id = $1")
+                    .bind(&user_id)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                record_on(
+                    conn,
+                    &Event::new("auth", action::SESSIONS_REVOKED, &user_id).details(
+                        serde_json::json!({
+                            "reason": reason,
+                            "sessions": ended,
+                            "mfa_tickets": tickets,
+                        }),
+                    ),
+                )
+                .await?;
+                Ok(ended)
+            })
+        })
+        .await
+    }
+
     /// Changes the password and revokes every other session of the user,
     /// in one transaction.
     pub async fn change_password(
@@ -873,6 +933,7 @@ impl AuthStore {
                     "DELETE FROM mfa_tickets WHERE user_id = $1",
                     "DELETE FROM lockouts WHERE user_id = $1",
                     "DELETE FROM login_failures WHERE user_id = $1",
+                    "DELETE FROM session_revocations WHERE user_id = $1",
                 ] {
                     sqlx::query(sql).bind(&user_id).execute(&mut *conn).await?;
                 }

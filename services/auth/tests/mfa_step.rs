@@ -52,9 +52,25 @@ async fn account(store: &AuthStore) -> Account {
 }
 
 async fn ticket(store: &AuthStore, account: &Account, role: &str) -> String {
+    ticket_read_at(store, account, role, unix_now()).await
+}
+
+/// A ticket whose role was read from the user service at `role_read_at`.
+async fn ticket_read_at(
+    store: &AuthStore,
+    account: &Account,
+    role: &str,
+    role_read_at: i64,
+) -> String {
     let hash = format!("ticket-{}", uuid::Uuid::new_v4().simple());
     store
-        .create_ticket(&hash, &account.user_id, role, unix_now() + 300)
+        .create_ticket(
+            &hash,
+            &account.user_id,
+            role,
+            role_read_at,
+            unix_now() + 300,
+        )
         .await
         .unwrap();
     hash
@@ -308,6 +324,74 @@ async fn a_ticket_without_a_role_needs_one(backend: Backend) {
     assert!(matches!(&outcome, MfaOutcome::Opened { role, .. } if role == "admin"));
 }
 
+async fn revoking_a_users_sessions_voids_their_tokens_and_tickets(backend: Backend) {
+    let (db, store) = open(backend).await;
+    let alice = account(&store).await;
+    let bob = account(&store).await;
+    let first = ticket_for(&store, &alice).await;
+    let first = step(&store, &first, CodeCheck::TotpStep(101)).await;
+    let first = opened(&first).expect("a session").clone();
+    let bobs = ticket_for(&store, &bob).await;
+    let bobs = step(&store, &bobs, CodeCheck::TotpStep(101)).await;
+    let bobs = opened(&bobs).expect("a session").clone();
+    let pending = ticket(&store, &alice, "admin").await;
+    let read_before = unix_now() - 1;
+
+    assert_eq!(
+        store
+            .revoke_user_sessions(&alice.user_id, "role_changed")
+            .await
+            .unwrap(),
+        1
+    );
+    let session = store.session(&first.session_id).await.unwrap().unwrap();
+    assert!(session.revoked_at.is_some(), "{session:?}");
+    let revoked_reason: String =
+        sqlx::query_scalar("SELECT revoked_reason FROM sessions WHERE session_id = $1")
+            .bind(&first.session_id)
+            .fetch_one(db.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(revoked_reason, "role_changed");
+    let others = store.session(&bobs.session_id).await.unwrap().unwrap();
+    assert!(others.revoked_at.is_none(), "another user's session stays");
+    assert_eq!(events(&db, "SESSIONS_REVOKED", &alice.user_id).await, 1);
+
+    // The ticket pending at the revocation is gone.
+    let outcome = step(&store, &pending, CodeCheck::TotpStep(102)).await;
+    assert!(matches!(outcome, MfaOutcome::TicketInvalid), "{outcome:?}");
+    // A ticket written after it whose role was read before it carries none:
+    // the MFA step asks for the current role.
+    let stale = ticket_read_at(&store, &alice, "admin", read_before).await;
+    let outcome = step(&store, &stale, CodeCheck::TotpStep(103)).await;
+    assert!(
+        matches!(&outcome, MfaOutcome::RoleMissing(user) if *user == alice.user_id),
+        "{outcome:?}"
+    );
+    // One whose role was read after it keeps its role.
+    let fresh = ticket_read_at(&store, &alice, "user", unix_now() + 1).await;
+    let outcome = step(&store, &fresh, CodeCheck::TotpStep(103)).await;
+    assert!(
+        matches!(&outcome, MfaOutcome::Opened { role, .. } if role == "user"),
+        "{outcome:?}"
+    );
+    // Nothing to end twice.
+    assert_eq!(
+        store
+            .revoke_user_sessions(&bob.user_id, "role_changed")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .revoke_user_sessions(&bob.user_id, "role_changed")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 /// Runs `CONCURRENT` steps at once, each with its ticket and code.
 async fn race(store: &AuthStore, attempts: Vec<(String, CodeCheck)>) -> Vec<MfaOutcome> {
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(attempts.len()));
@@ -532,6 +616,7 @@ on_both_backends!(
     a_ticket_allows_a_few_codes_and_failures_lock_the_account,
     nothing_is_written_when_the_code_cannot_be_checked,
     a_ticket_without_a_role_needs_one,
+    revoking_a_users_sessions_voids_their_tokens_and_tickets,
     one_ticket_opens_at_most_one_session,
     one_code_opens_at_most_one_session,
     concurrent_failures_lock_the_account_without_errors,

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use trustmesh_policy::Subject;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
 use trustmesh_proto::trustmesh::auth::v1::{
-    ChangeEmailRequest, DeleteAccountRequest, VerifyPasswordRequest,
+    ChangeEmailRequest, DeleteAccountRequest, RevokeUserSessionsRequest, VerifyPasswordRequest,
 };
 use trustmesh_proto::trustmesh::user::v1::user_server::User;
 use trustmesh_proto::trustmesh::user::v1::{
@@ -242,6 +242,28 @@ impl User for UserService {
         {
             Ok(from) => {
                 tracing::info!(user_id = %target, %from, to = %req.role, %changed_by, "role changed");
+                // No token may keep the old role: the user's sessions end
+                // and they sign in again with the new one. Should auth not
+                // answer, the role has changed but the sessions live on
+                // until their tokens expire; the caller is told to repeat
+                // the request, which ends them then.
+                let mut auth = self.auth.clone();
+                let revoked = auth
+                    .revoke_user_sessions(RevokeUserSessionsRequest {
+                        user_id: target.clone(),
+                        reason: "role_changed".to_owned(),
+                    })
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(user_id = %target, error = %e.message(), "role changed, sessions not revoked");
+                        Status::unavailable(
+                            "sessions_not_revoked: the role changed, but the user's sessions \
+                             could not be ended yet; repeat the request",
+                        )
+                    })?
+                    .into_inner()
+                    .revoked;
+                tracing::info!(user_id = %target, revoked, "sessions ended after a role change");
             }
             Err(RoleChangeError::NotFound) => return Err(Status::not_found("no such user")),
             Err(RoleChangeError::LastAdmin) => {

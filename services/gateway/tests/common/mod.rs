@@ -391,4 +391,11 @@ impl Auth for FakeAuth {
     ) -> Reply_<ChangeEmailReply> {
         Err(Status::unimplemented("not in the fake"))
     }
+
+    async fn revoke_user_sessions(
+        &self,
+        _request: tonic::Request<RevokeUserSessionsRequest>,
+    ) -> Reply_<RevokeUserSessionsReply> {
+        Err(Status::unimplemented("not in the fake"))
+    }
 }
