@@ -405,7 +405,21 @@ fn journey_on_postgres() {
 #[test]
 fn the_operator_makes_the_first_admin_who_manages_roles() {
     let mesh = Mesh::start(&[]);
-    let api = Api::new(&mesh);
+    operator_and_roles(&mesh);
+}
+
+#[test]
+fn the_operator_makes_the_first_admin_who_manages_roles_on_postgres() {
+    let db = PostgresDb::create();
+    let mesh = Mesh::start_with_env(&[], &[("DATABASE_URL", &db.url)]);
+    operator_and_roles(&mesh);
+    drop(mesh);
+}
+
+/// The first admin, role changes (each ends the user's sessions), email
+/// change and account deletion, through the gateway.
+fn operator_and_roles(mesh: &Mesh) {
+    let api = Api::new(mesh);
     let alice_email = format!("alice.{}@example.com", uuid::Uuid::new_v4().simple());
     let bob_email = format!("bob.{}@example.com", uuid::Uuid::new_v4().simple());
     let alice = register(&api, &alice_email);
@@ -441,6 +455,9 @@ fn the_operator_makes_the_first_admin_who_manages_roles() {
         json!({"recovery_code": bob.recovery_codes[0]}),
     );
     let user_token = user["access_token"].as_str().unwrap().to_owned();
+    let user_refresh = user["refresh_token"].as_str().unwrap().to_owned();
+    // Bob's session is in use (and in the verifiers' session caches).
+    assert_eq!(api.get_with("/api/v1/users/me", &user_token).status, 200);
 
     // The admin promotes Bob; Bob cannot promote himself.
     let promote = api.call(
@@ -455,6 +472,14 @@ fn the_operator_makes_the_first_admin_who_manages_roles() {
     // the verifiers' 2 s session cache); he signs in again as a manager.
     std::thread::sleep(Duration::from_millis(2500));
     expect(&api.get_with("/api/v1/users/me", &user_token), 401, "");
+    expect(
+        &api.post(
+            "/api/v1/auth/refresh",
+            json!({"refresh_token": user_refresh}),
+        ),
+        401,
+        "",
+    );
     let user = login(
         &api,
         &bob_email,

@@ -1,9 +1,10 @@
--- When all sessions of a user were last revoked (a role change). A password
--- step that began reading the user's role before that time may still be
--- writing its MFA ticket: such a ticket is stored without a role, so the MFA
--- step asks the user service for the current one instead of carrying the
--- old role into a new session.
+-- How many times every session of a user was ended at once (a role
+-- change). A password step reads the count with the account, before it asks
+-- the user service for the role; when the count has grown by the time it
+-- writes its MFA ticket, the role it read may be the old one, and the ticket
+-- is stored without it: the MFA step then asks for the current role. (A
+-- count, not a time: replicas' clocks need not agree.)
 CREATE TABLE session_revocations (
     user_id TEXT PRIMARY KEY,
-    revoked_at BIGINT NOT NULL
+    revocations BIGINT NOT NULL
 );

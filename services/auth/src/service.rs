@@ -449,6 +449,7 @@ impl Auth for AuthService {
             totp_sealed: data_encoding::BASE64.encode(&sealed),
             totp_last_step: -1,
             confirmed: false,
+            revocations: 0,
         };
         let expires = unix_now() + self.settings.enrollment_ttl.as_secs() as i64;
         if !self
@@ -563,7 +564,6 @@ impl Auth for AuthService {
             .as_ref()
             .filter(|a| a.confirmed)
             .map(|a| a.user_id.clone());
-        let role_read_at = unix_now();
         let role_lookup = async {
             match confirmed_user {
                 Some(user_id) => Some(self.fetch_role(&user_id).await),
@@ -611,8 +611,9 @@ impl Auth for AuthService {
         // first access token: the MFA step does not ask the user service
         // again. A role change revokes the user's sessions and deletes their
         // tickets (`RevokeUserSessions`); a ticket written after that by a
-        // step that read the role before it is stored without the role
-        // (`create_ticket`), and the MFA step asks for the current one.
+        // step that read the account (and so the role) before it is stored
+        // without the role (`create_ticket`), and the MFA step asks for the
+        // current one.
         let role = self.role_of(&account, fetched_role).await?;
         if needs_rehash {
             let phc = self.hash_password(req.password).await?;
@@ -628,7 +629,7 @@ impl Auth for AuthService {
                 &token_hash(&ticket),
                 &account.user_id,
                 &role,
-                role_read_at,
+                account.revocations,
                 unix_now() + ttl,
             )
             .await

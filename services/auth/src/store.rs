@@ -35,6 +35,10 @@ pub struct Account {
     pub totp_last_step: i64,
     /// Whether the TOTP enrolment was confirmed.
     pub confirmed: bool,
+    /// How many times every session of the user was ended at once (a role
+    /// change, see [`AuthStore::revoke_user_sessions`]); a login step
+    /// carries the count it read into [`AuthStore::create_ticket`].
+    pub revocations: i64,
 }
 
 /// A stored session.
@@ -196,8 +200,12 @@ pub enum MfaOutcome {
     },
 }
 
-const ACCOUNT_COLUMNS: &str =
-    "user_id, email, password_hash, totp_sealed, totp_last_step, confirmed";
+/// The columns of [`Account`], from `accounts a`.
+const ACCOUNT_COLUMNS: &str = "a.user_id AS user_id, a.email AS email, \
+     a.password_hash AS password_hash, a.totp_sealed AS totp_sealed, \
+     a.totp_last_step AS totp_last_step, a.confirmed AS confirmed, \
+     COALESCE((SELECT r.revocations FROM session_revocations r WHERE r.user_id = a.user_id), 0) \
+     AS revocations";
 const SESSION_COLUMNS: &str = "session_id, user_id, created_at, last_seen_at, \
      absolute_expires_at, revoked_at, client_ip, user_agent, amr";
 
@@ -209,6 +217,7 @@ fn account(row: &sqlx::any::AnyRow) -> Result<Account, sqlx::Error> {
         totp_sealed: row.try_get("totp_sealed")?,
         totp_last_step: row.try_get("totp_last_step")?,
         confirmed: row.try_get::<i64, _>("confirmed")? == 1,
+        revocations: row.try_get("revocations")?,
     })
 }
 
@@ -306,6 +315,21 @@ async fn record_failure_in(
     )
     .await?;
     Ok(Some(until))
+}
+
+/// On PostgreSQL, holds the user's ticket-and-revocation lock until the
+/// transaction ends, so that a ticket written while the user's sessions are
+/// revoked either sees the revocation or is seen (and deleted) by it: each
+/// statement of READ COMMITTED sees only what was committed when it began.
+/// (SQLite runs every write of the auth store in one writer, in turn.)
+async fn lock_users_sessions(conn: &mut AnyConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    if backend_of(conn) == Some(Backend::Postgres) {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(user_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Inserts a session with its first refresh token and records `LOGIN`.
@@ -474,7 +498,7 @@ impl AuthStore {
 
     /// The account with this id.
     pub async fn account(&self, user_id: &str) -> Result<Option<Account>, StoreError> {
-        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE user_id = $1");
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.user_id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(user_id)
             .fetch_optional(self.db.pool())
@@ -484,7 +508,7 @@ impl AuthStore {
 
     /// The account with this (normalised) email.
     pub async fn account_by_email(&self, email: &str) -> Result<Option<Account>, StoreError> {
-        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE email = $1");
+        let sql = format!("SELECT {ACCOUNT_COLUMNS} FROM accounts a WHERE a.email = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(email)
             .fetch_optional(self.db.pool())
@@ -647,32 +671,35 @@ impl AuthStore {
     }
 
     /// Stores an MFA ticket (by hash) with the role its session will carry
-    /// (see [`Self::login_mfa`]), read from the user service from
-    /// `role_read_at` on. When the user's sessions were revoked since then
-    /// (a role change, see [`Self::revoke_user_sessions`]), that role may be
-    /// the old one: the ticket is stored without it, and the MFA step asks
-    /// for the current role.
+    /// (see [`Self::login_mfa`]), read from the user service after the
+    /// account was read with `revocations_seen` (its
+    /// [`Account::revocations`]). When the user's sessions were revoked
+    /// since (a role change, see [`Self::revoke_user_sessions`]), that role
+    /// may be the old one: the ticket is stored without it, and the MFA step
+    /// asks for the current role.
     pub async fn create_ticket(
         &self,
         hash: &str,
         user_id: &str,
         role: &str,
-        role_read_at: i64,
+        revocations_seen: i64,
         expires_at: i64,
     ) -> Result<(), StoreError> {
         let (hash, user_id, role) = (hash.to_owned(), user_id.to_owned(), role.to_owned());
         self.write(move |conn| {
             Box::pin(async move {
+                lock_users_sessions(conn, &user_id).await?;
                 sqlx::query(
                     "INSERT INTO mfa_tickets (ticket_hash, user_id, expires_at, role) \
-                     VALUES ($1, $2, $3, CASE WHEN EXISTS (SELECT 1 FROM session_revocations r \
-                     WHERE r.user_id = $2 AND r.revoked_at >= $5) THEN '' ELSE $4 END)",
+                     VALUES ($1, $2, $3, CASE WHEN COALESCE((SELECT r.revocations \
+                     FROM session_revocations r WHERE r.user_id = $2), 0) > $5 \
+                     THEN '' ELSE $4 END)",
                 )
                 .bind(&hash)
                 .bind(&user_id)
                 .bind(expires_at)
                 .bind(&role)
-                .bind(role_read_at)
+                .bind(revocations_seen)
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -825,9 +852,13 @@ impl AuthStore {
     }
 
     /// Ends every active session of `user_id` (recording `reason` on each),
-    /// deletes their pending MFA tickets and remembers when (see
+    /// deletes their pending MFA tickets and counts the revocation (see
     /// [`Self::create_ticket`]), with one `SESSIONS_REVOKED` event, in one
     /// transaction. Returns how many sessions ended.
+    ///
+    /// On PostgreSQL the tickets go first: an MFA step that holds a ticket
+    /// has this delete wait for its commit, and the sessions' update, a
+    /// statement of its own, then sees (and ends) the session it opened.
     pub async fn revoke_user_sessions(
         &self,
         user_id: &str,
@@ -836,30 +867,30 @@ impl AuthStore {
         let (user_id, reason) = (user_id.to_owned(), reason.to_owned());
         self.write(move |conn| {
             Box::pin(async move {
-                let now = unix_now();
+                lock_users_sessions(conn, &user_id).await?;
                 sqlx::query(
-                    "INSERT INTO session_revocations (user_id, revoked_at) VALUES ($1, $2) \
-                     ON CONFLICT (user_id) DO UPDATE SET revoked_at = excluded.revoked_at",
+                    "INSERT INTO session_revocations (user_id, revocations) VALUES ($1, 1) \
+                     ON CONFLICT (user_id) DO UPDATE \
+                     SET revocations = session_revocations.revocations + 1",
                 )
                 .bind(&user_id)
-                .bind(now)
                 .execute(&mut *conn)
                 .await?;
-                let ended = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-                     WHERE user_id = $3 AND revoked_at IS NULL",
-                )
-                .bind(now)
-                .bind(&reason)
-                .bind(&user_id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
                 let tickets = sqlx::query("DELETE FROM mfa_tickets WHERE user_id = $1")
                     .bind(&user_id)
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
+                let ended = sqlx::query(
+                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+                     WHERE user_id = $3 AND revoked_at IS NULL",
+                )
+                .bind(unix_now())
+                .bind(&reason)
+                .bind(&user_id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
                 record_on(
                     conn,
                     &Event::new("auth", action::SESSIONS_REVOKED, &user_id).details(

@@ -34,6 +34,7 @@ async fn account(store: &AuthStore) -> Account {
         totp_sealed: String::new(),
         totp_last_step: -1,
         confirmed: false,
+        revocations: 0,
     };
     assert!(
         store
@@ -52,25 +53,21 @@ async fn account(store: &AuthStore) -> Account {
 }
 
 async fn ticket(store: &AuthStore, account: &Account, role: &str) -> String {
-    ticket_read_at(store, account, role, unix_now()).await
+    let seen = store
+        .account(&account.user_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .revocations;
+    ticket_seen(store, account, role, seen).await
 }
 
-/// A ticket whose role was read from the user service at `role_read_at`.
-async fn ticket_read_at(
-    store: &AuthStore,
-    account: &Account,
-    role: &str,
-    role_read_at: i64,
-) -> String {
+/// A ticket whose role was read after an account read that saw
+/// `revocations` revocations.
+async fn ticket_seen(store: &AuthStore, account: &Account, role: &str, revocations: i64) -> String {
     let hash = format!("ticket-{}", uuid::Uuid::new_v4().simple());
     store
-        .create_ticket(
-            &hash,
-            &account.user_id,
-            role,
-            role_read_at,
-            unix_now() + 300,
-        )
+        .create_ticket(&hash, &account.user_id, role, revocations, unix_now() + 300)
         .await
         .unwrap();
     hash
@@ -335,7 +332,15 @@ async fn revoking_a_users_sessions_voids_their_tokens_and_tickets(backend: Backe
     let bobs = step(&store, &bobs, CodeCheck::TotpStep(101)).await;
     let bobs = opened(&bobs).expect("a session").clone();
     let pending = ticket(&store, &alice, "admin").await;
-    let read_before = unix_now() - 1;
+    assert_eq!(
+        store
+            .account(&alice.user_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revocations,
+        0
+    );
 
     assert_eq!(
         store
@@ -362,14 +367,23 @@ async fn revoking_a_users_sessions_voids_their_tokens_and_tickets(backend: Backe
     assert!(matches!(outcome, MfaOutcome::TicketInvalid), "{outcome:?}");
     // A ticket written after it whose role was read before it carries none:
     // the MFA step asks for the current role.
-    let stale = ticket_read_at(&store, &alice, "admin", read_before).await;
+    let stale = ticket_seen(&store, &alice, "admin", 0).await;
     let outcome = step(&store, &stale, CodeCheck::TotpStep(103)).await;
     assert!(
         matches!(&outcome, MfaOutcome::RoleMissing(user) if *user == alice.user_id),
         "{outcome:?}"
     );
     // One whose role was read after it keeps its role.
-    let fresh = ticket_read_at(&store, &alice, "user", unix_now() + 1).await;
+    assert_eq!(
+        store
+            .account(&alice.user_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revocations,
+        1
+    );
+    let fresh = ticket_seen(&store, &alice, "user", 1).await;
     let outcome = step(&store, &fresh, CodeCheck::TotpStep(103)).await;
     assert!(
         matches!(&outcome, MfaOutcome::Opened { role, .. } if role == "user"),
@@ -390,6 +404,61 @@ async fn revoking_a_users_sessions_voids_their_tokens_and_tickets(backend: Backe
             .unwrap(),
         0
     );
+}
+
+/// A revocation racing an MFA step and a password step's ticket, many times
+/// over: whichever commits first, no session stays open and no ticket keeps
+/// the role read before the revocation (on PostgreSQL this needs the
+/// tickets deleted before the sessions are ended, and the per-user lock).
+async fn a_revocation_racing_logins_leaves_no_old_role(backend: Backend) {
+    let (db, store) = open(backend).await;
+    for round in 0..25 {
+        let alice = account(&store).await;
+        let pending = ticket(&store, &alice, "admin").await;
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(3));
+        let mfa = {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                step(&store, &pending, CodeCheck::TotpStep(101)).await
+            })
+        };
+        let password_step = {
+            let (store, barrier, alice) = (store.clone(), barrier.clone(), alice.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                ticket_seen(&store, &alice, "admin", 0).await
+            })
+        };
+        barrier.wait().await;
+        store
+            .revoke_user_sessions(&alice.user_id, "role_changed")
+            .await
+            .unwrap();
+        let outcome = mfa.await.unwrap();
+        assert!(
+            matches!(
+                outcome,
+                MfaOutcome::Opened { .. } | MfaOutcome::TicketInvalid
+            ),
+            "round {round}: {outcome:?}"
+        );
+        password_step.await.unwrap();
+        let open = count(
+            &db,
+            "SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND revoked_at IS NULL",
+            &alice.user_id,
+        )
+        .await;
+        assert_eq!(open, 0, "round {round}: a session outlived the revocation");
+        let with_role = count(
+            &db,
+            "SELECT COUNT(*) FROM mfa_tickets WHERE user_id = $1 AND role <> ''",
+            &alice.user_id,
+        )
+        .await;
+        assert_eq!(with_role, 0, "round {round}: a ticket kept the old role");
+    }
 }
 
 /// Runs `CONCURRENT` steps at once, each with its ticket and code.
@@ -617,6 +686,7 @@ on_both_backends!(
     nothing_is_written_when_the_code_cannot_be_checked,
     a_ticket_without_a_role_needs_one,
     revoking_a_users_sessions_voids_their_tokens_and_tickets,
+    a_revocation_racing_logins_leaves_no_old_role,
     one_ticket_opens_at_most_one_session,
     one_code_opens_at_most_one_session,
     concurrent_failures_lock_the_account_without_errors,

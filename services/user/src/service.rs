@@ -2,6 +2,8 @@
 //! decided who may call what; handlers apply the domain rules (valid roles,
 //! the last admin, a manager's own team) and talk to the store.
 
+use std::time::Duration;
+
 use tonic::{Request, Response, Status};
 use trustmesh_policy::Subject;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
@@ -31,6 +33,12 @@ pub struct UserService {
     auth: AuthClient<MeshChannel>,
 }
 
+/// How many times a role change asks auth to end the user's sessions.
+const REVOKE_ATTEMPTS: u32 = 3;
+/// How long each of those asks may take (all of them fit in the gateway's
+/// 15 s upstream timeout).
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl UserService {
     /// The profile of `user_id`, or `NOT_FOUND` with `missing`.
     async fn profile_or(&self, user_id: &str, missing: &str) -> Result<ProfileRow, Status> {
@@ -46,6 +54,44 @@ impl UserService {
         Self {
             store,
             auth: AuthClient::new(auth),
+        }
+    }
+
+    /// Asks auth to end every session of `user_id` after a role change
+    /// (up to [`REVOKE_ATTEMPTS`] times, each within [`REVOKE_TIMEOUT`]);
+    /// how many ended.
+    async fn end_sessions_of(&self, user_id: &str) -> Result<u32, Status> {
+        let mut auth = self.auth.clone();
+        let mut attempt = 1;
+        loop {
+            let request = RevokeUserSessionsRequest {
+                user_id: user_id.to_owned(),
+                reason: "role_changed".to_owned(),
+            };
+            let failed = match tokio::time::timeout(
+                REVOKE_TIMEOUT,
+                auth.revoke_user_sessions(request),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => return Ok(reply.into_inner().revoked),
+                Ok(Err(status))
+                    if matches!(
+                        status.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                    ) =>
+                {
+                    return Err(status);
+                }
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded("auth did not answer in time"),
+            };
+            if attempt == REVOKE_ATTEMPTS {
+                return Err(failed);
+            }
+            tracing::warn!(%user_id, attempt, error = %failed.message(), "ending sessions failed; trying again");
+            tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+            attempt += 1;
         }
     }
 }
@@ -247,22 +293,13 @@ impl User for UserService {
                 // answer, the role has changed but the sessions live on
                 // until their tokens expire; the caller is told to repeat
                 // the request, which ends them then.
-                let mut auth = self.auth.clone();
-                let revoked = auth
-                    .revoke_user_sessions(RevokeUserSessionsRequest {
-                        user_id: target.clone(),
-                        reason: "role_changed".to_owned(),
-                    })
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(user_id = %target, error = %e.message(), "role changed, sessions not revoked");
-                        Status::unavailable(
-                            "sessions_not_revoked: the role changed, but the user's sessions \
-                             could not be ended yet; repeat the request",
-                        )
-                    })?
-                    .into_inner()
-                    .revoked;
+                let revoked = self.end_sessions_of(&target).await.map_err(|e| {
+                    tracing::warn!(user_id = %target, error = %e.message(), "role changed, sessions not revoked");
+                    Status::unavailable(
+                        "sessions_not_revoked: the role changed, but the user's sessions \
+                         could not be ended yet; repeat the request",
+                    )
+                })?;
                 tracing::info!(user_id = %target, revoked, "sessions ended after a role change");
             }
             Err(RoleChangeError::NotFound) => return Err(Status::not_found("no such user")),
