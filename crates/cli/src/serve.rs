@@ -43,7 +43,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUSTMESH_AUTH_IP_MAX_FAILURES", default_value_t = 20)]
     auth_ip_max_failures: u32,
     /// Auth: threads that hash passwords (Argon2id, at the lowest CPU
-    /// priority); 0 means one per core but one (at least one).
+    /// priority); 0 means one per core but one (at least one), and a spare
+    /// on the last core that takes hashes waiting over 300 ms.
     #[arg(long, env = "TRUSTMESH_AUTH_HASH_THREADS", default_value_t = 0)]
     auth_hash_threads: usize,
     /// Auth: the window in which failures count, and how long a lock lasts.

@@ -82,7 +82,9 @@ pub struct AuthConfig {
     /// Lifetimes and limits.
     pub settings: service::AuthSettings,
     /// Threads that hash passwords; 0 means
-    /// [`hash_pool::HashPool::default_threads`] (one per core but one).
+    /// [`hash_pool::HashPool::with_default_threads`] (one per core but one,
+    /// and a spare on the last core for jobs that waited
+    /// [`hash_pool::SPARE_AFTER`]).
     pub hash_threads: usize,
 }
 
