@@ -1,6 +1,6 @@
-//! Argon2id off the async threads: a few dedicated threads, one per core
-//! but one, that run at the lowest CPU priority (`SCHED_IDLE` on Linux, and
-//! nice 19).
+//! Argon2id off the async threads: a few dedicated threads (by default one
+//! per core but one, and a spare on the last core) that run at the lowest
+//! CPU priority (`SCHED_IDLE` on Linux, and nice 19).
 //!
 //! A password hash takes about 17 ms of one core by design, and a burst of
 //! logins keeps every hashing thread busy. At the normal priority the
