@@ -332,6 +332,25 @@ async fn lock_users_sessions(conn: &mut AnyConnection, user_id: &str) -> Result<
     Ok(())
 }
 
+/// Ends every active session of `user_id`, recording `reason` on each;
+/// how many ended.
+async fn end_sessions_in(
+    conn: &mut AnyConnection,
+    user_id: &str,
+    reason: &str,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
+         WHERE user_id = $3 AND revoked_at IS NULL",
+    )
+    .bind(unix_now())
+    .bind(reason)
+    .bind(user_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Inserts a session with its first refresh token and records `LOGIN`.
 async fn insert_session(
     conn: &mut AnyConnection,
@@ -881,16 +900,7 @@ impl AuthStore {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
-                let ended = sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-                     WHERE user_id = $3 AND revoked_at IS NULL",
-                )
-                .bind(unix_now())
-                .bind(&reason)
-                .bind(&user_id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
+                let ended = end_sessions_in(conn, &user_id, &reason).await?;
                 record_on(
                     conn,
                     &Event::new("auth", action::SESSIONS_REVOKED, &user_id).details(
@@ -950,14 +960,7 @@ impl AuthStore {
         let user_id = user_id.to_owned();
         self.write(move |conn| {
             Box::pin(async move {
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1, revoked_reason = 'account_deleted' \
-                     WHERE user_id = $2 AND revoked_at IS NULL",
-                )
-                .bind(unix_now())
-                .bind(&user_id)
-                .execute(&mut *conn)
-                .await?;
+                end_sessions_in(conn, &user_id, "account_deleted").await?;
                 for sql in [
                     "DELETE FROM recovery_codes WHERE user_id = $1",
                     "DELETE FROM enrollments WHERE user_id = $1",
