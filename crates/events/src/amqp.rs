@@ -307,7 +307,7 @@ impl std::fmt::Debug for AmqpConsumer {
     }
 }
 
-/// Deliveries taken together; [`Batch::ack`] acknowledges all of them.
+/// Deliveries taken together; [`AmqpConsumer::ack`] acknowledges all of them.
 #[derive(Debug)]
 pub struct Batch {
     /// The decoded events, or why a message could not be decoded.

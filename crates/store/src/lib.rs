@@ -29,6 +29,9 @@ pub use sqlx;
 pub mod group_commit;
 pub mod read_batch;
 pub mod sql;
+mod stamp;
+
+pub use stamp::timestamp;
 
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -993,9 +993,21 @@ impl Auth for AuthService {
                 "reason must be 1 to 40 of a-z and _",
             ));
         }
+        let requested_by = match req.requested_by.as_str() {
+            "" => None,
+            "ops" => Some("ops"),
+            id if uuid::Uuid::parse_str(id).is_ok() => Some(id),
+            _ => {
+                return Err(status(
+                    tonic::Code::InvalidArgument,
+                    "invalid_requested_by",
+                    "requested_by must be a user id or ops",
+                ));
+            }
+        };
         let revoked = self
             .store
-            .revoke_user_sessions(&req.user_id, &req.reason)
+            .revoke_user_sessions(&req.user_id, &req.reason, requested_by)
             .await
             .map_err(internal)?;
         tracing::info!(user_id = %req.user_id, reason = %req.reason, revoked, "sessions of a user revoked");

@@ -332,20 +332,23 @@ async fn lock_users_sessions(conn: &mut AnyConnection, user_id: &str) -> Result<
     Ok(())
 }
 
-/// Ends every active session of `user_id`, recording `reason` on each;
-/// how many ended.
+/// Ends every active session of `user_id` but `keep` (the caller's own,
+/// if any), recording `reason` on each; how many ended.
 async fn end_sessions_in(
     conn: &mut AnyConnection,
     user_id: &str,
     reason: &str,
+    keep: Option<&str>,
 ) -> Result<u64, sqlx::Error> {
+    // Session ids are UUIDs, never empty: `<> ''` keeps none.
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 \
-         WHERE user_id = $3 AND revoked_at IS NULL",
+         WHERE user_id = $3 AND session_id <> $4 AND revoked_at IS NULL",
     )
     .bind(unix_now())
     .bind(reason)
     .bind(user_id)
+    .bind(keep.unwrap_or_default())
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected())
@@ -872,7 +875,8 @@ impl AuthStore {
 
     /// Ends every active session of `user_id` (recording `reason` on each),
     /// deletes their pending MFA tickets and counts the revocation (see
-    /// [`Self::create_ticket`]), with one `SESSIONS_REVOKED` event, in one
+    /// [`Self::create_ticket`]), with one `SESSIONS_REVOKED` event naming
+    /// `requested_by` (who made the change) as its actor, in one
     /// transaction. Returns how many sessions ended.
     ///
     /// On PostgreSQL the tickets go first: an MFA step that holds a ticket
@@ -882,8 +886,10 @@ impl AuthStore {
         &self,
         user_id: &str,
         reason: &str,
+        requested_by: Option<&str>,
     ) -> Result<u64, StoreError> {
         let (user_id, reason) = (user_id.to_owned(), reason.to_owned());
+        let requested_by = requested_by.map(str::to_owned);
         self.write(move |conn| {
             Box::pin(async move {
                 lock_users_sessions(conn, &user_id).await?;
@@ -900,18 +906,19 @@ impl AuthStore {
                     .execute(&mut *conn)
                     .await?
                     .rows_affected();
-                let ended = end_sessions_in(conn, &user_id, &reason).await?;
-                record_on(
-                    conn,
-                    &Event::new("auth", action::SESSIONS_REVOKED, &user_id).details(
-                        serde_json::json!({
-                            "reason": reason,
-                            "sessions": ended,
-                            "mfa_tickets": tickets,
-                        }),
-                    ),
-                )
-                .await?;
+                let ended = end_sessions_in(conn, &user_id, &reason, None).await?;
+                let mut event = Event::new("auth", action::SESSIONS_REVOKED, &user_id).details(
+                    serde_json::json!({
+                        "reason": reason,
+                        "sessions": ended,
+                        "mfa_tickets": tickets,
+                        "requested_by": requested_by,
+                    }),
+                );
+                if let Some(by) = &requested_by {
+                    event = event.by_user(by.clone());
+                }
+                record_on(conn, &event).await?;
                 Ok(ended)
             })
         })
@@ -935,15 +942,7 @@ impl AuthStore {
                     .bind(&user_id)
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query(
-                    "UPDATE sessions SET revoked_at = $1, revoked_reason = 'password_change' \
-                     WHERE user_id = $2 AND session_id <> $3 AND revoked_at IS NULL",
-                )
-                .bind(unix_now())
-                .bind(&user_id)
-                .bind(&keep_session)
-                .execute(&mut *conn)
-                .await?;
+                end_sessions_in(conn, &user_id, "password_change", Some(&keep_session)).await?;
                 record_on(
                     conn,
                     &Event::new("auth", "PASSWORD_CHANGE", &user_id).by_user(&user_id),
@@ -960,7 +959,7 @@ impl AuthStore {
         let user_id = user_id.to_owned();
         self.write(move |conn| {
             Box::pin(async move {
-                end_sessions_in(conn, &user_id, "account_deleted").await?;
+                end_sessions_in(conn, &user_id, "account_deleted", None).await?;
                 for sql in [
                     "DELETE FROM recovery_codes WHERE user_id = $1",
                     "DELETE FROM enrollments WHERE user_id = $1",

@@ -341,7 +341,7 @@ async fn revoking_a_users_sessions_voids_their_tokens_and_tickets(backend: Backe
 
     assert_eq!(
         store
-            .revoke_user_sessions(&alice.user_id, "role_changed")
+            .revoke_user_sessions(&alice.user_id, "role_changed", None)
             .await
             .unwrap(),
         1
@@ -381,7 +381,7 @@ async fn revoking_a_users_sessions_voids_their_tokens_and_tickets(backend: Backe
     // Nothing to end twice.
     for ended in [1, 0] {
         let revoked = store
-            .revoke_user_sessions(&bob.user_id, "role_changed")
+            .revoke_user_sessions(&bob.user_id, "role_changed", None)
             .await
             .unwrap();
         assert_eq!(revoked, ended);
@@ -414,7 +414,7 @@ async fn a_revocation_racing_logins_leaves_no_old_role(backend: Backend) {
         };
         barrier.wait().await;
         store
-            .revoke_user_sessions(&alice.user_id, "role_changed")
+            .revoke_user_sessions(&alice.user_id, "role_changed", None)
             .await
             .unwrap();
         let outcome = mfa.await.unwrap();

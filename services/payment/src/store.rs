@@ -13,7 +13,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
-use time::macros::format_description;
 use trustmesh_events::Event;
 use trustmesh_store::group_commit::{BatchWriter, Writer};
 use trustmesh_store::read_batch::{ReadBatcher, ReadStats};
@@ -167,14 +166,9 @@ pub struct PaymentFilter {
     pub before: Option<String>,
 }
 
-/// The fixed-width UTC timestamp stored in every time column.
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&format)
-        .unwrap_or_default()
-}
+/// The fixed-width UTC timestamp stored in every time column (see
+/// [`trustmesh_store::timestamp`]).
+pub use trustmesh_store::timestamp;
 
 /// Parses an RFC 3339 time (any offset) into the stored form.
 pub fn normalize_time(text: &str) -> Option<String> {

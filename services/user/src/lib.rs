@@ -2,8 +2,11 @@
 //!
 //! Thin by design: the runtime gives it mTLS, the policy layer decides who
 //! may call what (`policies/user/`), the handlers in [`service`] apply the
-//! domain rules, and [`store`] keeps the rows (SQLite or PostgreSQL).
+//! domain rules, and [`store`] keeps the rows (SQLite or PostgreSQL). A
+//! role change ends the user's sessions at the auth service; the
+//! [`revoker`] asks again for those auth did not confirm.
 
+pub mod revoker;
 pub mod service;
 pub mod store;
 
@@ -20,7 +23,7 @@ use trustmesh_store::{Db, StoreConfig, StoreError};
 use trustmesh_telemetry::MetricsRegistry;
 
 /// The service's schema: the same portable SQL on SQLite and PostgreSQL.
-static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Errors while starting the service.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +64,9 @@ pub async fn start(
     let metrics = MetricsRegistry::new();
     let events = Pipeline::start(&db, &mesh, &directory, &metrics, &shutdown)?;
     let auth = mesh.service_channel(&directory, "auth")?;
-    let service = service::UserService::new(store::UserStore::new(db), auth);
+    let store = store::UserStore::new(db);
+    tokio::spawn(revoker::Revoker::new(store.clone(), auth.clone()).run(shutdown.clone()));
+    let service = service::UserService::new(store, auth);
     let routes = tonic::service::Routes::new(UserServer::new(service));
     Ok(
         GrpcServer::new("user", &config.trust_domain, source, policy)

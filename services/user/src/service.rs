@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use trustmesh_policy::Subject;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
 use trustmesh_proto::trustmesh::auth::v1::{
-    ChangeEmailRequest, DeleteAccountRequest, RevokeUserSessionsRequest, VerifyPasswordRequest,
+    ChangeEmailRequest, DeleteAccountRequest, VerifyPasswordRequest,
 };
 use trustmesh_proto::trustmesh::user::v1::user_server::User;
 use trustmesh_proto::trustmesh::user::v1::{
@@ -19,7 +19,10 @@ use trustmesh_proto::trustmesh::user::v1::{
 use trustmesh_runtime::MeshChannel;
 use trustmesh_store::StoreError;
 
-use crate::store::{ProfileRow, ROLES, RoleChangeError, TeamRow, UserStore};
+use crate::revoker;
+use crate::store::{
+    PendingRevocation, ProfileRow, ROLES, RoleChangeError, RoleChanged, TeamRow, UserStore,
+};
 
 /// The most profiles one `ListUsers` page returns.
 const MAX_PAGE: u32 = 200;
@@ -33,11 +36,9 @@ pub struct UserService {
     auth: AuthClient<MeshChannel>,
 }
 
-/// How many times a role change asks auth to end the user's sessions.
+/// How many times a role change asks auth to end the user's sessions
+/// before it leaves them to the [`crate::revoker`].
 const REVOKE_ATTEMPTS: u32 = 3;
-/// How long each of those asks may take (all of them fit in the gateway's
-/// 15 s upstream timeout).
-const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl UserService {
     /// The profile of `user_id`, or `NOT_FOUND` with `missing`.
@@ -57,42 +58,32 @@ impl UserService {
         }
     }
 
-    /// Asks auth to end every session of `user_id` after a role change
-    /// (up to [`REVOKE_ATTEMPTS`] times, each within [`REVOKE_TIMEOUT`]);
-    /// how many ended.
-    async fn end_sessions_of(&self, user_id: &str) -> Result<u32, Status> {
+    /// Asks auth to end every session of the revocation's user after a
+    /// role change (up to [`REVOKE_ATTEMPTS`] times, each within
+    /// [`crate::revoker::REVOKE_TIMEOUT`]) and forgets the revocation once
+    /// auth confirmed it; how many sessions ended.
+    async fn end_sessions_of(&self, revocation: &PendingRevocation) -> Result<u32, Status> {
         let mut auth = self.auth.clone();
         let mut attempt = 1;
-        loop {
-            let request = RevokeUserSessionsRequest {
-                user_id: user_id.to_owned(),
-                reason: "role_changed".to_owned(),
-            };
-            let failed = match tokio::time::timeout(
-                REVOKE_TIMEOUT,
-                auth.revoke_user_sessions(request),
-            )
-            .await
-            {
-                Ok(Ok(reply)) => return Ok(reply.into_inner().revoked),
-                Ok(Err(status))
-                    if matches!(
-                        status.code(),
-                        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
-                    ) =>
-                {
-                    return Err(status);
-                }
-                Ok(Err(status)) => status,
-                Err(_) => Status::deadline_exceeded("auth did not answer in time"),
+        let revoked = loop {
+            let failed = match revoker::revoke(&mut auth, revocation).await {
+                Ok(revoked) => break revoked,
+                Err(status) if revoker::is_permanent(&status) => return Err(status),
+                Err(status) => status,
             };
             if attempt == REVOKE_ATTEMPTS {
                 return Err(failed);
             }
-            tracing::warn!(%user_id, attempt, error = %failed.message(), "ending sessions failed; trying again");
+            tracing::warn!(user_id = %revocation.user_id, attempt, error = %failed.message(), "ending sessions failed; trying again");
             tokio::time::sleep(Duration::from_millis(100) * attempt).await;
             attempt += 1;
+        };
+        if let Err(e) = self.store.revocation_done(&revocation.revocation_id).await {
+            // The revoker asks auth once more later: one sign-in more for
+            // the user, nothing worse.
+            tracing::warn!(user_id = %revocation.user_id, error = %e, "a confirmed revocation stays pending");
         }
+        Ok(revoked)
     }
 }
 
@@ -286,18 +277,18 @@ impl User for UserService {
             .await
             .map_err(internal)?
         {
-            Ok(from) => {
+            Ok(RoleChanged { from, revocation }) => {
                 tracing::info!(user_id = %target, %from, to = %req.role, %changed_by, "role changed");
                 // No token may keep the old role: the user's sessions end
                 // and they sign in again with the new one. Should auth not
-                // answer, the role has changed but the sessions live on
-                // until their tokens expire; the caller is told to repeat
-                // the request, which ends them then.
-                let revoked = self.end_sessions_of(&target).await.map_err(|e| {
-                    tracing::warn!(user_id = %target, error = %e.message(), "role changed, sessions not revoked");
+                // answer, the revocation committed with the role is asked
+                // for again by the revoker until auth answers; the caller
+                // hears that the sessions live on until then.
+                let revoked = self.end_sessions_of(&revocation).await.map_err(|e| {
+                    tracing::warn!(user_id = %target, error = %e.message(), "role changed, sessions not revoked yet");
                     Status::unavailable(
-                        "sessions_not_revoked: the role changed, but the user's sessions \
-                         could not be ended yet; repeat the request",
+                        "sessions_not_revoked: the role changed; the user's sessions end \
+                         as soon as the auth service answers (asked again every few seconds)",
                     )
                 })?;
                 tracing::info!(user_id = %target, revoked, "sessions ended after a role change");

@@ -5,7 +5,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use trustmesh_events::Event;
 use trustmesh_events::outbox::record;
-use trustmesh_store::{Db, StoreError};
+use trustmesh_store::{Db, StoreError, timestamp};
 
 /// The roles a user can hold.
 pub const ROLES: &[&str] = &["user", "manager", "admin", "finance", "audit"];
@@ -38,6 +38,29 @@ pub struct TeamRow {
     pub manager_id: String,
     /// Its members' user ids.
     pub member_ids: Vec<String>,
+}
+
+/// A committed role change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChanged {
+    /// The role before the change.
+    pub from: String,
+    /// The session revocation the change owes, committed with it.
+    pub revocation: PendingRevocation,
+}
+
+/// A revocation of every session of a user that a role change owes and
+/// the auth service has not yet confirmed (`pending_revocations`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRevocation {
+    /// Its id (UUID v7).
+    pub revocation_id: String,
+    /// Whose sessions end.
+    pub user_id: String,
+    /// Who changed the role (a user id, or `ops`).
+    pub requested_by: String,
+    /// When the role changed (stored form, [`trustmesh_store::timestamp`]).
+    pub requested_at: String,
 }
 
 /// Why a role change was refused by the domain rules.
@@ -157,15 +180,15 @@ impl UserStore {
     }
 
     /// Changes the role of `user_id` to `role`, refusing to demote the last
-    /// admin, and records a `ROLE_CHANGED` event in the same transaction.
-    /// Role changes are serialised (the admin count cannot race). Returns
-    /// the previous role.
+    /// admin, and records a `ROLE_CHANGED` event and the revocation of the
+    /// user's sessions the change owes in the same transaction. Role
+    /// changes are serialised (the admin count cannot race).
     pub async fn set_role(
         &self,
         user_id: &str,
         role: &str,
         changed_by: &str,
-    ) -> Result<Result<String, RoleChangeError>, StoreError> {
+    ) -> Result<Result<RoleChanged, RoleChangeError>, StoreError> {
         let mut tx = self.db.pool().begin().await?;
         // Serialise role changes before reading anything: touching every
         // admin row takes SQLite's write lock / PostgreSQL's row locks on
@@ -221,12 +244,65 @@ impl UserStore {
                 .details(details),
         )
         .await?;
+        let revocation = PendingRevocation {
+            revocation_id: uuid::Uuid::now_v7().to_string(),
+            user_id: user_id.to_owned(),
+            requested_by: changed_by.to_owned(),
+            requested_at: timestamp(time::OffsetDateTime::now_utc()),
+        };
+        sqlx::query(
+            "INSERT INTO pending_revocations (revocation_id, user_id, requested_by, requested_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&revocation.revocation_id)
+        .bind(&revocation.user_id)
+        .bind(&revocation.requested_by)
+        .bind(&revocation.requested_at)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(Ok(from))
+        Ok(Ok(RoleChanged { from, revocation }))
+    }
+
+    /// Up to `limit` revocations not yet confirmed that were asked for at
+    /// or before `due` (stored form), oldest first.
+    pub async fn due_revocations(
+        &self,
+        due: &str,
+        limit: u32,
+    ) -> Result<Vec<PendingRevocation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT revocation_id, user_id, requested_by, requested_at FROM pending_revocations \
+             WHERE requested_at <= $1 ORDER BY requested_at, revocation_id LIMIT $2",
+        )
+        .bind(due)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        let revocation = |row: &AnyRow| -> Result<PendingRevocation, sqlx::Error> {
+            Ok(PendingRevocation {
+                revocation_id: row.try_get("revocation_id")?,
+                user_id: row.try_get("user_id")?,
+                requested_by: row.try_get("requested_by")?,
+                requested_at: row.try_get("requested_at")?,
+            })
+        };
+        Ok(rows.iter().map(revocation).collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets a revocation the auth service confirmed; whether it was
+    /// still pending.
+    pub async fn revocation_done(&self, revocation_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM pending_revocations WHERE revocation_id = $1")
+            .bind(revocation_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Deletes the profile of `user_id` (removing it from any team it
-    /// manages) and records `user.deleted` in the same transaction.
+    /// manages) and the revocations still owed for it, and records
+    /// `user.deleted` in the same transaction.
     pub async fn delete(&self, user_id: &str) -> Result<bool, StoreError> {
         let mut tx = self.db.pool().begin().await?;
         let done = sqlx::query("DELETE FROM profiles WHERE user_id = $1")
@@ -236,6 +312,12 @@ impl UserStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
+        // Auth ended the account's sessions before the profile goes: a
+        // revocation still owed for it has nothing left to end.
+        sqlx::query("DELETE FROM pending_revocations WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
         record(
             &mut tx,
             &Event::new("user", "USER_DELETED", user_id).by_user(user_id),

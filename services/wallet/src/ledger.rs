@@ -3,8 +3,6 @@
 //! with. Storage lives in [`crate::store`]; the gRPC mapping in
 //! [`crate::service`].
 
-use time::OffsetDateTime;
-use time::macros::format_description;
 use trustmesh_store::StoreError;
 
 /// The longest reference (payment id, agent reference) accepted, in characters.
@@ -343,15 +341,8 @@ fn reference_field(reference: &str, required: bool) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// `t` as RFC 3339 UTC with exactly six fractional digits, so that the text
-/// order of stored times is their time order.
-pub fn timestamp(t: OffsetDateTime) -> String {
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    t.to_offset(time::UtcOffset::UTC)
-        .format(&format)
-        .unwrap_or_default()
-}
+/// `t` as stored in every time column (see [`trustmesh_store::timestamp`]).
+pub use trustmesh_store::timestamp;
 
 #[cfg(test)]
 mod tests {
@@ -429,16 +420,6 @@ mod tests {
         let mut no_agent = d;
         no_agent.agent.clear();
         assert!(matches!(no_agent.validate(), Err(LedgerError::Invalid(_))));
-    }
-
-    #[test]
-    fn timestamps_sort_as_text() {
-        let base = OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("time");
-        let a = timestamp(base);
-        let b = timestamp(base + time::Duration::microseconds(1));
-        let c = timestamp(base + time::Duration::milliseconds(500));
-        assert_eq!(a, "2023-11-14T22:13:20.000000Z");
-        assert!(a < b && b < c, "{a} {b} {c}");
     }
 
     #[test]
