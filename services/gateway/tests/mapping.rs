@@ -107,6 +107,43 @@ fn grpc_codes_map_to_http() {
             503,
             "service_unavailable",
         ),
+        // Reasons services give on purpose reach the client; others not.
+        (
+            Code::Unavailable,
+            "sessions_not_revoked: the role changed; the sessions end soon",
+            503,
+            "sessions_not_revoked",
+        ),
+        (
+            Code::Unavailable,
+            "wallet_unavailable: the payment is pending; retry with the same key",
+            503,
+            "wallet_unavailable",
+        ),
+        (
+            Code::Unavailable,
+            "storage_busy: the database is busy; retry shortly",
+            503,
+            "storage_busy",
+        ),
+        (
+            Code::Unavailable,
+            "dns_error: resolver at 10.0.0.53 did not answer",
+            503,
+            "service_unavailable",
+        ),
+        (
+            Code::Unavailable,
+            "storage_busy:",
+            503,
+            "service_unavailable",
+        ),
+        (
+            Code::DeadlineExceeded,
+            "storage_busy: slow",
+            503,
+            "service_unavailable",
+        ),
         (
             Code::DeadlineExceeded,
             "deadline_exceeded: slow",

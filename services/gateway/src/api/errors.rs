@@ -16,7 +16,7 @@
 //! | `ALREADY_EXISTS` | 409 | `already_exists` |
 //! | `FAILED_PRECONDITION` | 409 | `failed_precondition` |
 //! | `RESOURCE_EXHAUSTED` | 429 (423 for `account_locked` with `retry-after`) | `rate_limited` |
-//! | `UNAVAILABLE`, `DEADLINE_EXCEEDED` | 503 | always `service_unavailable` |
+//! | `UNAVAILABLE`, `DEADLINE_EXCEEDED` | 503 | `service_unavailable`, but for the reasons services give on purpose ([`UNAVAILABLE_REASONS`]) |
 //! | anything else | 502 | always `upstream_error` (logged) |
 //!
 //! A service's status message is `"<reason_code>: <human message>"` or plain
@@ -36,6 +36,14 @@ use tonic::Code;
 /// The gRPC metadata carrying a policy's deny reason (set by the services'
 /// policy layer).
 const DENY_REASON: &str = "x-trustmesh-deny-reason";
+
+/// The reasons of an `UNAVAILABLE` status that services give on purpose,
+/// whose code and message reach the client: what to do next differs for
+/// each (retry shortly; retry with the same idempotency key; the role
+/// changed and its sessions end soon). Any other `UNAVAILABLE` (a transport
+/// error, say) is a generic 503 whose message says nothing of the inside.
+pub const UNAVAILABLE_REASONS: [&str; 3] =
+    ["storage_busy", "wallet_unavailable", "sessions_not_revoked"];
 
 /// Longest service message passed on to the client.
 const MAX_MESSAGE: usize = 500;
@@ -187,7 +195,22 @@ impl ApiError {
             }
             Code::Unavailable | Code::DeadlineExceeded => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "upstream service unavailable");
-                Self::unavailable("a service behind the gateway is unavailable; try again shortly")
+                match reason {
+                    Some(reason)
+                        if status.code() == Code::Unavailable
+                            && !text.is_empty()
+                            && UNAVAILABLE_REASONS.contains(&reason) =>
+                    {
+                        Self::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            reason.to_owned(),
+                            truncate(text),
+                        )
+                    }
+                    _ => Self::unavailable(
+                        "a service behind the gateway is unavailable; try again shortly",
+                    ),
+                }
             }
             other => {
                 let mut causes = Vec::new();
