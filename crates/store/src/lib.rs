@@ -234,6 +234,10 @@ impl Db {
                     // and the ping would cost a round trip to sqlx's worker
                     // thread on every query.
                     .test_before_acquire(false)
+                    // Every commit syncs the log; the group-commit writer's
+                    // own connection leaves that to its syncer and never
+                    // comes back to the pool (`group_commit`, *The log's
+                    // sync*).
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute(

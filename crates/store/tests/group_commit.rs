@@ -166,6 +166,80 @@ async fn sqlite_batches_concurrent_units() {
     close(db).await;
 }
 
+/// `PRAGMA synchronous` of `conn`: 1 is `NORMAL`, 2 is `FULL`.
+fn synchronous(conn: &mut sqlx::AnyConnection) -> BoxFuture<'_, Result<i64, StoreError>> {
+    Box::pin(async move {
+        Ok(sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(conn)
+            .await?)
+    })
+}
+
+/// A SQLite writer commits without syncing the log and leaves the sync to
+/// its syncer, but a caller hears back only once a sync covered its batch:
+/// after each answer to a lone caller every committed batch is durable,
+/// and so after concurrent callers. The writer's connection is the only
+/// one that commits with `synchronous = NORMAL`: every pooled connection
+/// keeps `FULL`, also after the writer dropped a connection on a failed
+/// batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_answers_wait_for_the_logs_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let writer = Writer::new(&db);
+    for n in 0..20i64 {
+        insert_note(&writer, format!("d{n}"), "b".to_owned(), n).await;
+        let stats = writer.stats();
+        assert_eq!(
+            stats.durable, stats.batches,
+            "a caller heard back before its batch was synced: {stats:?}"
+        );
+    }
+    let mut tasks = Vec::new();
+    for n in 0..300i64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            insert_note(&writer, format!("c{n}"), "b".to_owned(), n).await;
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let stats = writer.stats();
+    assert_eq!(stats.durable, stats.batches, "{stats:?}");
+    assert!(
+        stats.syncs >= 1 && stats.syncs <= stats.batches,
+        "one sync per batch at most: {stats:?}"
+    );
+    assert_eq!(count(&db, "c%").await, 300);
+    assert_eq!(writer.run(synchronous).await.expect("pragma"), 1);
+
+    // A batch that breaks (a savepoint cannot be released once its
+    // transaction is gone) makes the writer drop its connection.
+    let broken = writer
+        .run(|conn| {
+            Box::pin(async move {
+                sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await;
+    assert!(
+        broken.is_err(),
+        "the broken batch was answered as committed"
+    );
+    insert_note(&writer, "after".to_owned(), "b".to_owned(), 0).await;
+    let mut pooled = Vec::new();
+    for _ in 0..7 {
+        let mut conn = db.pool().acquire().await.expect("a pooled connection");
+        assert_eq!(synchronous(&mut conn).await.expect("pragma"), 2);
+        pooled.push(conn);
+    }
+    drop(pooled);
+    drop(writer);
+    close(db).await;
+}
+
 /// Under a steady stream of batches the writer's own checkpoints rewind the
 /// SQLite log: it stays a fraction of what was written through it (a
 /// checkpoint on another connection never caught up with the writer, and

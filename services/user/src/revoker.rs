@@ -29,7 +29,8 @@ pub const REVOKER_EVERY: Duration = Duration::from_secs(5);
 /// How old a pending revocation must be before the revoker takes it: the
 /// request that made it is done asking by then.
 pub const REVOKER_GRACE: Duration = Duration::from_secs(30);
-/// How long auth may take to answer one revocation.
+/// How long auth may take to answer one revocation (a role change's three
+/// asks fit in the gateway's 15 s upstream timeout).
 pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// The reason recorded on each session a role change ends.
 pub const ROLE_CHANGED: &str = "role_changed";
