@@ -569,3 +569,29 @@ fn money_on_postgres() {
     let db = PostgresDb::create();
     money_end_to_end("postgres", &[("DATABASE_URL", db.url.as_str())]);
 }
+
+/// The operator's checks read what the services wrote: pointed at a data
+/// directory without databases (a typo in `--data-dir`), they say so and
+/// exit non-zero, and create nothing there.
+#[test]
+fn the_checks_refuse_a_data_directory_without_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    for (service, check) in [
+        ("wallet", ["wallet", "check"]),
+        ("payment", ["payment", "check"]),
+    ] {
+        let args = [check[0], check[1], "--data-dir", data_dir.to_str().unwrap()];
+        let (code, out, err) = run_cli(&args, &[]);
+        assert_ne!(code, 0, "{out}{err}");
+        assert!(
+            err.contains(&format!("there is no {service} database at")),
+            "{out}{err}"
+        );
+        assert!(
+            !data_dir.exists(),
+            "`{}` created the data directory",
+            check.join(" ")
+        );
+    }
+}

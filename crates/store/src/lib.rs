@@ -104,6 +104,17 @@ pub enum StoreError {
         /// What differs.
         why: String,
     },
+    /// [`Db::open_existing`] found no SQLite file to open.
+    #[error(
+        "there is no {service} database at {path} (has the mesh run with this data directory? \
+         set --data-dir, or DATABASE_URL for PostgreSQL)"
+    )]
+    Missing {
+        /// The service whose database it is.
+        service: String,
+        /// Where its file would be.
+        path: PathBuf,
+    },
 }
 
 /// The status message of a service whose database was too busy
@@ -186,6 +197,23 @@ pub struct Db {
 }
 
 impl Db {
+    /// Opens the service's database without creating it: like
+    /// [`Db::connect`], but a SQLite file that does not exist is
+    /// [`StoreError::Missing`] and nothing is created (for the operator's
+    /// checks, which read what a service wrote).
+    pub async fn open_existing(config: &StoreConfig) -> Result<Db, StoreError> {
+        if config.url.is_none() {
+            let path = config.data_dir.join(format!("{}.db", config.service));
+            if !path.is_file() {
+                return Err(StoreError::Missing {
+                    service: config.service.clone(),
+                    path,
+                });
+            }
+        }
+        Self::connect(config).await
+    }
+
     /// Opens (creating if needed) the service's database: the SQLite file in
     /// WAL mode, or the PostgreSQL schema named after the service, which
     /// every pooled connection uses as its `search_path`.

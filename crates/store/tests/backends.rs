@@ -3,7 +3,7 @@
 //! database). A missing PostgreSQL fails the test, it is never skipped.
 
 use sqlx::migrate::Migrator;
-use trustmesh_store::{Backend, Db, StoreConfig};
+use trustmesh_store::{Backend, Db, StoreConfig, StoreError};
 
 static SQLITE: Migrator = sqlx::migrate!("tests/migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("tests/migrations/postgres");
@@ -49,6 +49,31 @@ async fn sqlite_file_in_data_dir() {
     round_trip(&db).await;
     db.close().await;
     assert!(dir.path().join("data/notes.db").exists());
+}
+
+/// The operator's checks open what a service wrote: a missing SQLite file
+/// is an error that names where it was looked for, and nothing is created.
+#[tokio::test]
+async fn open_existing_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        service: "notes".into(),
+        data_dir: dir.path().join("data"),
+        url: None,
+        max_connections: 4,
+        acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
+    };
+    let err = Db::open_existing(&config).await.expect_err("no file yet");
+    assert!(matches!(err, StoreError::Missing { .. }), "{err}");
+    assert!(err.to_string().contains("data/notes.db"), "{err}");
+    assert!(!dir.path().join("data").exists(), "something was created");
+
+    Db::connect(&config).await.expect("connect").close().await;
+    let db = Db::open_existing(&config)
+        .await
+        .expect("the file exists now");
+    round_trip(&db).await;
+    db.close().await;
 }
 
 #[tokio::test]

@@ -74,10 +74,11 @@ pub async fn open_db(data_dir: &std::path::Path) -> Result<Db, StoreError> {
 }
 
 /// Opens the service's database as [`open_db`] does, but for an offline
-/// check: it is not migrated, and a schema other than this binary's is
-/// refused ([`StoreError::SchemaMismatch`]).
+/// check: it is neither created ([`StoreError::Missing`]) nor migrated,
+/// and a schema other than this binary's is refused
+/// ([`StoreError::SchemaMismatch`]).
 pub async fn open_db_unchanged(data_dir: &std::path::Path) -> Result<Db, StoreError> {
-    let db = Db::connect(&StoreConfig::from_env("wallet", data_dir)).await?;
+    let db = Db::open_existing(&StoreConfig::from_env("wallet", data_dir)).await?;
     db.require_migrated(&MIGRATIONS, &MIGRATIONS).await?;
     Ok(db)
 }
