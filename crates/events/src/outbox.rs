@@ -207,6 +207,13 @@ impl Outbox {
         };
         let mut rows: Vec<OutboxRow> = serde_json::from_str(&json)
             .map_err(|e| StoreError::Query(sqlx::Error::Decode(Box::new(e))))?;
+        if let (false, Some(writer)) = (rows.is_empty(), &self.writer) {
+            // The rows were committed by the writer, maybe not yet synced
+            // (`group_commit`, *The log's sync*): none leaves before it is
+            // durable, so that no destination holds an event of a change
+            // that a power cut took back.
+            writer.barrier().await?;
+        }
         // The aggregate leaves the order to the database.
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(rows.into_iter().map(row_event).collect())

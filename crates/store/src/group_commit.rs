@@ -41,12 +41,21 @@
 //! connections may see: a batch is visible from its commit, a few
 //! milliseconds before it is durable, so a power cut (not a crash of the
 //! process: the log is in the kernel's cache) can take back a write that a
-//! reader saw but whose caller never heard back. Should the sync fail, the
-//! callers hear [`StoreError::GroupCommit`] and the failure is logged as
-//! an error. The writer's connection never returns to the pool (it is
+//! reader saw but whose caller never heard back (the outbox relay waits
+//! for [`Writer::barrier`] before it ships what it read, and so may any
+//! reader that confirms a write to a client). At most [`MAX_UNSYNCED`]
+//! committed batches wait for a sync before the writer waits for the
+//! syncer. The syncer keeps one descriptor of the log, opened with the
+//! writer's connection before its first commit, so that it hears of every
+//! write-back error after that. Should a sync fail, its callers hear
+//! [`StoreError::NotDurable`], the failure is logged as an error, and the
+//! writer answers every later write the same way: after a failed sync the
+//! kernel may have dropped the pages, and a later sync that succeeds proves
+//! nothing. The writer's connection never returns to the pool (it is
 //! closed instead), so no other write commits without a sync. Every other
 //! connection keeps `synchronous = FULL`; a database that is not a WAL
-//! file keeps it on the writer too.
+//! file keeps it on the writer too. The writer's own checkpoints (below)
+//! still sync the log and the database inline.
 //!
 //! # Set-based batches
 //!
@@ -96,10 +105,10 @@
 //! ```
 
 use std::any::Any as AnyValue;
+use std::fs::File;
 use std::marker::PhantomData;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -117,6 +126,24 @@ pub const MAX_BATCH: usize = 256;
 
 /// How many units may wait for the writer before callers wait to enqueue.
 const QUEUE: usize = 4 * MAX_BATCH;
+
+/// How many committed batches may wait for the log's sync before the
+/// writer waits for the syncer (see *The log's sync*).
+pub const MAX_UNSYNCED: usize = 2;
+
+/// How a writer's syncer makes the log durable: `File::sync_data` unless a
+/// test puts something else in ([`Writer::with_log_sync`]).
+pub type LogSync = Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
+
+/// A [`LogSync`] that shows in `Debug` output.
+#[derive(Clone)]
+struct SyncHook(LogSync);
+
+impl std::fmt::Debug for SyncHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSync")
+    }
+}
 
 /// How often, at most, a SQLite writer checkpoints the log itself, between
 /// two batches (see [`Writer`]).
@@ -151,8 +178,8 @@ struct Job {
 
 /// The answers of a committed batch, waiting for the log to be synced.
 struct Unsynced {
-    /// The log file (`<db>-wal`).
-    log: PathBuf,
+    /// The log file (`<db>-wal`), opened with the writer's connection.
+    log: Arc<File>,
     answers: Vec<(Reply, Answer)>,
 }
 
@@ -309,6 +336,8 @@ pub struct Writer {
     /// The batch handler of a [`BatchWriter`].
     handler: Option<Arc<dyn ErasedHandler>>,
     counters: Arc<Counters>,
+    /// How the syncer syncs the log (tests).
+    log_sync: Option<SyncHook>,
 }
 
 impl std::fmt::Debug for dyn ErasedHandler {
@@ -330,9 +359,12 @@ pub struct WriterStats {
     /// Committed transactions whose callers heard back: on a SQLite WAL
     /// file only once a sync of the log covered them.
     pub durable: u64,
-    /// Syncs of the log by the writer's syncer (SQLite WAL files; one
-    /// covers every batch committed before it began).
+    /// Syncs of the log by the writer's syncer that succeeded (SQLite WAL
+    /// files; one covers every batch committed before it began).
     pub syncs: u64,
+    /// Whether a sync of the log failed: the writer acknowledges nothing
+    /// any more ([`StoreError::NotDurable`]).
+    pub sync_failed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -342,6 +374,8 @@ struct Counters {
     fallbacks: AtomicU64,
     durable: AtomicU64,
     syncs: AtomicU64,
+    /// Why the log's sync failed, once it did.
+    sync_failure: OnceLock<String>,
 }
 
 impl Counters {
@@ -379,6 +413,7 @@ impl Writer {
             queue_units,
             handler,
             counters,
+            log_sync: None,
         }
     }
 
@@ -391,7 +426,31 @@ impl Writer {
             fallbacks: self.counters.fallbacks.load(Ordering::Relaxed),
             durable: self.counters.durable.load(Ordering::Relaxed),
             syncs: self.counters.syncs.load(Ordering::Relaxed),
+            sync_failed: self.counters.sync_failure.get().is_some(),
         }
+    }
+
+    /// Waits until everything this writer committed before the call is
+    /// durable (an empty unit through the queue: its answer waits for a
+    /// sync that covers every batch before it). A reader that confirms a
+    /// write to a client, or ships it elsewhere, calls this after reading
+    /// and before answering. Free of any wait for the disk on PostgreSQL and
+    /// on SQLite databases whose commits sync themselves.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        if !self.queue_units {
+            return Ok(());
+        }
+        self.run(|_| Box::pin(async { Ok::<(), StoreError>(()) }))
+            .await
+    }
+
+    /// A writer like [`Writer::new`] whose syncer syncs the log with
+    /// `sync` (tests: a sync that blocks or fails).
+    #[doc(hidden)]
+    pub fn with_log_sync(db: &Db, sync: LogSync) -> Self {
+        let mut writer = Self::new(db);
+        writer.log_sync = Some(SyncHook(sync));
+        writer
     }
 
     /// Runs `work` in a write transaction and returns its result once that
@@ -434,6 +493,7 @@ impl Writer {
                     receiver,
                     self.handler.clone(),
                     self.counters.clone(),
+                    self.log_sync.clone(),
                 );
                 sender
             })
@@ -546,9 +606,11 @@ fn spawn_writer(
     queue: mpsc::Receiver<Job>,
     handler: Option<Arc<dyn ErasedHandler>>,
     counters: Arc<Counters>,
+    log_sync: Option<SyncHook>,
 ) {
+    let log_sync = log_sync.unwrap_or_else(|| SyncHook(Arc::new(File::sync_data)));
     let syncer = (db.backend() == Backend::Sqlite)
-        .then(|| spawn_syncer(db.service(), counters.clone()))
+        .then(|| spawn_syncer(db.service(), counters.clone(), log_sync.clone()))
         .and_then(|started| {
             started
                 .inspect_err(|e| {
@@ -562,7 +624,10 @@ fn spawn_writer(
     let started = runtime.and_then(|runtime| {
         std::thread::Builder::new()
             .name(format!("{}-db-writer", db.service()))
-            .spawn(move || runtime.block_on(write_batches(db, queue, handler, counters, syncer)))
+            .spawn(move || {
+                let syncer = syncer.map(|sender| (sender, log_sync));
+                runtime.block_on(write_batches(db, queue, handler, counters, syncer))
+            })
     });
     if let Err(e) = started {
         // The queue's receiver is gone with the closure: every caller gets
@@ -578,8 +643,9 @@ fn spawn_writer(
 fn spawn_syncer(
     service: &str,
     counters: Arc<Counters>,
-) -> std::io::Result<std::sync::mpsc::Sender<Unsynced>> {
-    let (sender, receiver) = std::sync::mpsc::channel::<Unsynced>();
+    log_sync: SyncHook,
+) -> std::io::Result<std::sync::mpsc::SyncSender<Unsynced>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Unsynced>(MAX_UNSYNCED);
     std::thread::Builder::new()
         .name(format!("{service}-db-sync"))
         .spawn(move || {
@@ -587,48 +653,54 @@ fn spawn_syncer(
                 // Every batch taken here committed before the sync begins.
                 let mut waiting = vec![first];
                 waiting.extend(receiver.try_iter());
-                let synced = sync_logs(&waiting);
-                counters.syncs.fetch_add(1, Ordering::Relaxed);
-                answer_synced(waiting, synced, &counters);
+                sync_and_answer(waiting, &log_sync, &counters);
             }
         })?;
     Ok(sender)
 }
 
-/// Syncs the log file of each of `waiting` (one, in practice).
-fn sync_logs(waiting: &[Unsynced]) -> std::io::Result<()> {
-    let mut logs: Vec<&Path> = waiting.iter().map(|u| u.log.as_path()).collect();
-    logs.dedup();
-    for log in logs {
-        sync_log(log)?;
-    }
-    Ok(())
-}
-
-/// Makes everything written to `log` so far durable. Any descriptor of the
-/// file will do: the kernel syncs the file, not the descriptor's writes.
-fn sync_log(log: &Path) -> std::io::Result<()> {
-    std::fs::File::open(log)?.sync_data()
-}
-
-/// Answers the batches of `waiting` once their log's sync ended with
-/// `synced`.
-fn answer_synced(waiting: Vec<Unsynced>, synced: std::io::Result<()>, counters: &Counters) {
+/// Syncs the logs of `waiting` (one, in practice) and answers their
+/// callers: success once synced, [`StoreError::NotDurable`] if this or any
+/// earlier sync failed.
+fn sync_and_answer(waiting: Vec<Unsynced>, log_sync: &SyncHook, counters: &Counters) {
+    let synced = match counters.sync_failure.get() {
+        Some(why) => Err(why.clone()),
+        None => sync_logs(&waiting, log_sync).map_err(|e| {
+            let why = e.to_string();
+            tracing::error!(
+                error = %why,
+                "the database log could not be synced: committed writes may not be durable; \
+                 the writer takes no more writes until the service restarts"
+            );
+            counters.sync_failure.get_or_init(|| why).clone()
+        }),
+    };
     match synced {
         Ok(()) => {
+            counters.syncs.fetch_add(1, Ordering::Relaxed);
             counters.durable(waiting.len());
             for (reply, answer) in waiting.into_iter().flat_map(|u| u.answers) {
                 let _ = reply.send(Ok(answer));
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "the database log could not be synced: committed writes may not be durable");
-            let reason = format!("the log could not be synced: {e}");
+        Err(why) => {
             for (reply, _) in waiting.into_iter().flat_map(|u| u.answers) {
-                let _ = reply.send(Err(StoreError::GroupCommit(reason.clone())));
+                let _ = reply.send(Err(StoreError::NotDurable(why.clone())));
             }
         }
     }
+}
+
+/// Syncs each distinct log file of `waiting` with `log_sync`.
+fn sync_logs(waiting: &[Unsynced], log_sync: &SyncHook) -> std::io::Result<()> {
+    let mut synced: Vec<&Arc<File>> = Vec::with_capacity(1);
+    for unsynced in waiting {
+        if !synced.iter().any(|log| Arc::ptr_eq(log, &unsynced.log)) {
+            (log_sync.0)(&unsynced.log)?;
+            synced.push(&unsynced.log);
+        }
+    }
+    Ok(())
 }
 
 /// The writer task: batches until every sender is gone.
@@ -637,7 +709,7 @@ async fn write_batches(
     mut queue: mpsc::Receiver<Job>,
     handler: Option<Arc<dyn ErasedHandler>>,
     counters: Arc<Counters>,
-    syncer: Option<std::sync::mpsc::Sender<Unsynced>>,
+    syncer: Option<(std::sync::mpsc::SyncSender<Unsynced>, SyncHook)>,
 ) {
     let mut connection = None;
     let sqlite = db.backend() == Backend::Sqlite;
@@ -649,6 +721,11 @@ async fn write_batches(
                 Ok(job) => batch.push(job),
                 Err(_) => break,
             }
+        }
+        if let Some(why) = counters.sync_failure.get() {
+            // After a failed sync nothing is acknowledged any more.
+            answer_all(batch, || StoreError::NotDurable(why.clone()));
+            continue;
         }
         let (mut conn, log) = match connection.take() {
             Some(open) => open,
@@ -669,16 +746,15 @@ async fn write_batches(
         match run_batch(&mut conn, sqlite, handler.as_deref(), &counters, batch).await {
             Ok(answers) => {
                 match (&log, &syncer) {
-                    (Some(log), Some(syncer)) => {
+                    (Some(log), Some((syncer, log_sync))) => {
                         let unsynced = Unsynced {
                             log: log.clone(),
                             answers,
                         };
+                        // Waits while MAX_UNSYNCED batches wait for a sync.
                         if let Err(unsent) = syncer.send(unsynced) {
                             // The syncer is gone: sync here.
-                            let unsynced = unsent.0;
-                            let synced = sync_log(&unsynced.log);
-                            answer_synced(vec![unsynced], synced, &counters);
+                            sync_and_answer(vec![unsent.0], log_sync, &counters);
                         }
                     }
                     // The commit itself was durable.
@@ -709,11 +785,15 @@ async fn write_batches(
 /// would otherwise first copy every page they touch to a temporary file (a
 /// third of the wallet's CPU in the money benchmark). With a log to sync it
 /// commits with `synchronous = NORMAL` and is closed rather than returned
-/// to the pool.
+/// to the pool. The log is opened before the first commit on it, so that
+/// its descriptor hears of every write-back error from then on; SQLite
+/// neither deletes nor replaces the file while this connection is open.
+/// (Closing this descriptor drops none of SQLite's locks, which are on the
+/// database file and `-shm`; do not do the same with those.)
 async fn writer_connection(
     db: &Db,
     pipelined: bool,
-) -> Result<(PoolConnection<sqlx::Any>, Option<PathBuf>), sqlx::Error> {
+) -> Result<(PoolConnection<sqlx::Any>, Option<Arc<File>>), sqlx::Error> {
     let mut conn = db.pool().acquire().await?;
     if db.backend() != Backend::Sqlite {
         return Ok((conn, None));
@@ -742,10 +822,17 @@ async fn writer_connection(
     if !mode.eq_ignore_ascii_case("wal") || file.is_empty() {
         return Ok((conn, None));
     }
+    let log = match File::open(format!("{file}-wal")) {
+        Ok(log) => Arc::new(log),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the database log; the writer's commits sync it themselves");
+            return Ok((conn, None));
+        }
+    };
     sqlx::raw_sql("PRAGMA synchronous = NORMAL")
         .execute(&mut *conn)
         .await?;
-    Ok((conn, Some(PathBuf::from(format!("{file}-wal")))))
+    Ok((conn, Some(log)))
 }
 
 /// Copies the SQLite log into the database file (`PASSIVE`: it waits for no

@@ -78,6 +78,15 @@ pub enum StoreError {
     /// retrying is safe.
     #[error("group commit failed: {0}")]
     GroupCommit(String),
+    /// The database's log could not be synced after a commit: whether the
+    /// write survives a power cut is unknown, and the writer acknowledges
+    /// nothing any more (a failed sync is never retried: the kernel may
+    /// have dropped the pages). Restart the service; do not retry.
+    #[error(
+        "the database log could not be synced ({0}): the outcome of this write is unknown and \
+         the writer takes no more writes until the service restarts"
+    )]
+    NotDurable(String),
     /// A batch of [`read_batch`] failed as a whole (the pool or the
     /// connection, not one key) or stopped before answering; nothing was
     /// changed and retrying is safe.

@@ -4,7 +4,7 @@
 //! handler's requests are handled set-based, or one by one when that fails.
 
 use futures::future::BoxFuture;
-use trustmesh_store::group_commit::{BatchHandler, BatchOutcome, BatchWriter, Writer};
+use trustmesh_store::group_commit::{BatchHandler, BatchOutcome, BatchWriter, LogSync, Writer};
 use trustmesh_store::{Backend, Db, StoreError, sql};
 
 mod common;
@@ -236,6 +236,137 @@ async fn sqlite_answers_wait_for_the_logs_sync() {
         pooled.push(conn);
     }
     drop(pooled);
+    drop(writer);
+    close(db).await;
+}
+
+/// Inserts one note as a unit of `writer`; its outcome.
+async fn try_insert(writer: &Writer, id: &str) -> Result<(), UnitError> {
+    let id = id.to_owned();
+    writer
+        .run(move |conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO notes (id, body, amount) VALUES ($1, 'b', 0)")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok::<_, UnitError>(())
+            })
+        })
+        .await
+}
+
+/// A gate the test opens; a sync waits for it.
+#[derive(Default)]
+struct Gate {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let mut open = self.open.lock().expect("gate");
+        while !*open {
+            open = self.opened.wait(open).expect("gate");
+        }
+    }
+
+    fn open(&self) {
+        *self.open.lock().expect("gate") = true;
+        self.opened.notify_all();
+    }
+}
+
+/// While the log's sync has not returned, the batch is committed (another
+/// connection reads it) but its caller has not heard back; once the sync
+/// returns, it has. What is synced is the database's log file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_caller_hears_back_only_after_the_sync() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let gate = std::sync::Arc::new(Gate::default());
+    let synced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sync: LogSync = {
+        let (gate, synced) = (gate.clone(), synced.clone());
+        std::sync::Arc::new(move |file: &std::fs::File| {
+            gate.wait();
+            synced.lock().expect("synced").push(file.metadata()?.ino());
+            file.sync_data()
+        })
+    };
+    let writer = Writer::with_log_sync(&db, sync);
+    let caller = {
+        let writer = writer.clone();
+        tokio::spawn(async move { try_insert(&writer, "g1").await })
+    };
+    let visible = async {
+        while count(&db, "g1").await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), visible)
+        .await
+        .expect("the batch was never committed");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !caller.is_finished(),
+        "the caller heard back while its batch's sync was still running"
+    );
+    gate.open();
+    caller.await.expect("task").expect("the insert");
+    let log = dir.path().join(format!("{}.db-wal", db.service()));
+    let log_inode = std::fs::metadata(&log).expect("the log").ino();
+    let synced = synced.lock().expect("synced").clone();
+    assert!(
+        !synced.is_empty() && synced.iter().all(|ino| *ino == log_inode),
+        "{synced:?}"
+    );
+    drop(writer);
+    close(db).await;
+}
+
+/// A failed sync is never taken for success: its callers hear that the
+/// outcome is unknown, and the writer acknowledges nothing after it (a
+/// later sync that succeeds proves nothing about pages the kernel may have
+/// dropped); later writes are not even run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let fail = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sync: LogSync = {
+        let fail = fail.clone();
+        std::sync::Arc::new(move |file: &std::fs::File| {
+            if fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected write-back error"));
+            }
+            file.sync_data()
+        })
+    };
+    let writer = Writer::with_log_sync(&db, sync);
+    let first = try_insert(&writer, "f1").await;
+    assert!(
+        matches!(first, Err(UnitError::Store(StoreError::NotDurable(_)))),
+        "{first:?}"
+    );
+    let later = try_insert(&writer, "f2").await;
+    assert!(
+        matches!(later, Err(UnitError::Store(StoreError::NotDurable(_)))),
+        "{later:?}"
+    );
+    assert_eq!(
+        count(&db, "f2").await,
+        0,
+        "a write ran after the failed sync"
+    );
+    let stats = writer.stats();
+    assert!(stats.sync_failed, "{stats:?}");
+    assert_eq!(stats.durable, 0, "{stats:?}");
+    assert!(
+        writer.barrier().await.is_err(),
+        "a barrier passed after the failure"
+    );
     drop(writer);
     close(db).await;
 }

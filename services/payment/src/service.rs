@@ -324,7 +324,13 @@ impl PaymentService {
         }
         let payment = match existing.status {
             PaymentStatus::Pending => self.settle(existing, call).await?,
-            _ => existing,
+            _ => {
+                // Read on a pooled connection: the outcome is confirmed to
+                // the client only once it is durable (`group_commit`, *The
+                // log's sync*).
+                self.store.writer().barrier().await.map_err(internal)?;
+                existing
+            }
         };
         Ok(Response::new(CreatePaymentReply {
             payment: Some(record(payment, true)),
