@@ -21,6 +21,8 @@ mod retry;
 mod server;
 mod shutdown;
 mod subject;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tls;
 
 pub use client::{MeshChannel, MeshClient, connect_channel};

@@ -34,16 +34,21 @@ async fn round_trip(db: &Db) {
     assert_eq!(amount, i64::MAX);
 }
 
-#[tokio::test]
-async fn sqlite_file_in_data_dir() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig {
+/// A SQLite database `notes` in `<dir>/data`.
+fn sqlite_notes(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
         service: "notes".into(),
-        data_dir: dir.path().join("data"),
+        data_dir: dir.join("data"),
         url: None,
         max_connections: 4,
         acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
-    };
+    }
+}
+
+#[tokio::test]
+async fn sqlite_file_in_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = sqlite_notes(dir.path());
     let db = Db::connect(&config).await.expect("connect");
     assert_eq!(db.backend(), Backend::Sqlite);
     round_trip(&db).await;
@@ -56,13 +61,7 @@ async fn sqlite_file_in_data_dir() {
 #[tokio::test]
 async fn open_existing_creates_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = StoreConfig {
-        service: "notes".into(),
-        data_dir: dir.path().join("data"),
-        url: None,
-        max_connections: 4,
-        acquire_timeout: StoreConfig::DEFAULT_ACQUIRE_TIMEOUT,
-    };
+    let config = sqlite_notes(dir.path());
     let err = Db::open_existing(&config).await.expect_err("no file yet");
     assert!(matches!(err, StoreError::Missing { .. }), "{err}");
     assert!(err.to_string().contains("data/notes.db"), "{err}");

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::Routes;
 use tonic::{Code, Request};
 use trustmesh_auth::hash_pool::HashPool;
 use trustmesh_auth::password::{HashParams, Hasher};
@@ -17,6 +17,7 @@ use trustmesh_auth::store::AuthStore;
 use trustmesh_proto::trustmesh::auth::v1::auth_server::AuthServer;
 use trustmesh_proto::trustmesh::user::v1::SetRoleRequest;
 use trustmesh_proto::trustmesh::user::v1::user_server::User as _;
+use trustmesh_runtime::testing::{serve_plain, unreachable_channel};
 use trustmesh_runtime::{MeshChannel, RetryUnprocessed};
 use trustmesh_store::testing::TestDb;
 use trustmesh_store::{Backend, on_both_backends};
@@ -47,21 +48,12 @@ impl Auth {
             HashPool::new(1, 0).unwrap(),
             trustmesh_keyring::KeyRing::open(&keys.path().join("secrets")).unwrap(),
             TokenIssuer::new(signing, "trustmesh", "trustmesh", Duration::from_secs(900)),
-            RetryUnprocessed::new(unreachable().await),
+            RetryUnprocessed::new(unreachable_channel().await.unwrap()),
             AuthSettings::default(),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(AuthServer::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = serve_plain(Routes::new(AuthServer::new(service)))
+            .await
+            .unwrap();
         Self {
             db,
             channel: RetryUnprocessed::new(channel),
@@ -92,16 +84,6 @@ impl Auth {
         .await
         .unwrap()
     }
-}
-
-/// A channel to a port nothing listens on.
-async fn unreachable() -> Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_lazy()
 }
 
 async fn users(backend: Backend) -> (TestDb, UserStore) {
@@ -161,7 +143,10 @@ async fn a_role_change_ends_the_sessions_at_once(backend: Backend) {
 async fn an_unanswered_revocation_is_asked_again(backend: Backend) {
     let (_db, store) = users(backend).await;
     let bob = profile(&store).await;
-    let down = UserService::new(store.clone(), RetryUnprocessed::new(unreachable().await));
+    let down = UserService::new(
+        store.clone(),
+        RetryUnprocessed::new(unreachable_channel().await.unwrap()),
+    );
 
     let refused = down.set_role(set_role(&bob, "finance")).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable);
@@ -173,7 +158,10 @@ async fn an_unanswered_revocation_is_asked_again(backend: Backend) {
     assert_eq!(pending(&store).await, 1);
 
     // Still down: the pass stops and keeps it.
-    let still_down = Revoker::new(store.clone(), RetryUnprocessed::new(unreachable().await));
+    let still_down = Revoker::new(
+        store.clone(),
+        RetryUnprocessed::new(unreachable_channel().await.unwrap()),
+    );
     let pass = still_down.run_due(Duration::ZERO).await.unwrap();
     assert!(pass.auth_unreachable, "{pass:?}");
     assert_eq!(pending(&store).await, 1);

@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
 use http_body_util::BodyExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Status, metadata::MetadataMap};
 use tower::ServiceExt;
 use trustmesh_gateway::Api;
@@ -182,27 +182,15 @@ pub fn json_request(method: &str, uri: &str, body: &serde_json::Value) -> Reques
 
 /// A channel to a loopback port nobody listens on.
 pub async fn unreachable_channel() -> Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    Endpoint::from_shared(format!("http://{addr}"))
+    trustmesh_runtime::testing::unreachable_channel()
+        .await
         .unwrap()
-        .connect_lazy()
 }
 
 async fn fake_auth(service: FakeAuth) -> Channel {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(AuthServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    Endpoint::from_shared(format!("http://{addr}"))
+    trustmesh_runtime::testing::serve_plain(tonic::service::Routes::new(AuthServer::new(service)))
+        .await
         .unwrap()
-        .connect_lazy()
 }
 
 /// The tokens the fake auth service hands out.
