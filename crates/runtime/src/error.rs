@@ -37,6 +37,10 @@ pub enum RuntimeError {
     /// The gRPC server failed while running.
     #[error("gRPC server failed: {0}")]
     Serve(String),
+    /// The server stopped because the process can no longer serve safely
+    /// ([`crate::GrpcServer::stop_on_fault`]): restart it.
+    #[error("stopped on a fault: {0}")]
+    Fault(String),
     /// A client could not reach a server.
     #[error("cannot connect to {addr}: {reason}")]
     Connect {

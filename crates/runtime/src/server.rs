@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -55,7 +55,12 @@ pub struct GrpcServer {
     health_services: Vec<String>,
     subject_resolver: Option<Arc<dyn SubjectResolver>>,
     deny_hook: Option<DenyHook>,
+    faults: Vec<Fault>,
 }
+
+/// A future that completes, with the reason, when the process can no longer
+/// serve safely ([`GrpcServer::stop_on_fault`]).
+type Fault = Pin<Box<dyn Future<Output = String> + Send>>;
 
 impl std::fmt::Debug for GrpcServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,7 +112,20 @@ impl GrpcServer {
             health_services: Vec::new(),
             subject_resolver: None,
             deny_hook: None,
+            faults: Vec::new(),
         }
+    }
+
+    /// Stops the server when `fault` completes: a store that can no longer
+    /// make writes durable (`trustmesh_store::Db::failed`), say. The
+    /// reason is logged as an error, the shutdown signal fires (so the rest
+    /// of the process stops too), in-flight calls finish, and
+    /// [`RunningServer::wait`] returns [`RuntimeError::Fault`]: the process
+    /// exits with an error, and its supervisor (`trustmesh up`, Kubernetes)
+    /// starts it again.
+    pub fn stop_on_fault(mut self, fault: impl Future<Output = String> + Send + 'static) -> Self {
+        self.faults.push(Box::pin(fault));
+        self
     }
 
     /// Runs `hook` on every policy deny (the events pipeline records them
@@ -236,6 +254,7 @@ impl GrpcServer {
         );
         let routes = routes.add_service(health_service);
         let connection_age = max_connection_age(&self.source);
+        let fault = watch_faults(self.faults, &self.service, &shutdown);
         let readiness = self.readiness.clone();
         let service = self.service.clone();
         let shutdown_grpc = shutdown.clone();
@@ -261,6 +280,9 @@ impl GrpcServer {
             let admin_result = admin_task.await;
             source.shutdown().await;
             tracing::info!(service, "stopped");
+            if let Some(why) = fault.get() {
+                return Err(RuntimeError::Fault(why.clone()));
+            }
             served.map_err(|e| RuntimeError::Serve(e.to_string()))?;
             match admin_result {
                 Ok(result) => result.map_err(RuntimeError::from),
@@ -293,6 +315,31 @@ fn max_connection_age(source: &X509Source) -> Duration {
         .and_then(|not_after| not_after.duration_since(std::time::SystemTime::now()).ok())
         .unwrap_or(Duration::from_secs(3600));
     (remaining / 4).clamp(Duration::from_millis(500), Duration::from_secs(3600))
+}
+
+/// Fires `shutdown` when the first of `faults` completes, after logging its
+/// reason; returns where that reason is kept for [`RunningServer::wait`].
+fn watch_faults(faults: Vec<Fault>, service: &str, shutdown: &Shutdown) -> Arc<OnceLock<String>> {
+    let reason = Arc::new(OnceLock::new());
+    if faults.is_empty() {
+        return reason;
+    }
+    let (kept, shutdown, service) = (reason.clone(), shutdown.clone(), service.to_owned());
+    tokio::spawn(async move {
+        tokio::select! {
+            (why, _, _) = futures::future::select_all(faults) => {
+                tracing::error!(
+                    service,
+                    reason = %why,
+                    "stopping: this process can no longer serve safely; its supervisor restarts it"
+                );
+                kept.get_or_init(|| why);
+                shutdown.trigger();
+            }
+            () = shutdown.wait() => {}
+        }
+    });
+    reason
 }
 
 /// Accepts TCP connections and runs each TLS handshake in its own task (so a

@@ -49,9 +49,13 @@
 //! writer's connection before its first commit, so that it hears of every
 //! write-back error after that. Should a sync fail, its callers hear
 //! [`StoreError::NotDurable`], the failure is logged as an error, and the
-//! writer answers every later write the same way: after a failed sync the
-//! kernel may have dropped the pages, and a later sync that succeeds proves
-//! nothing. The writer's connection never returns to the pool (it is
+//! database's fault is set ([`Db::fault`]): every writer over it answers
+//! every later write the same way, since after a failed sync the kernel may
+//! have dropped the pages and a later sync that succeeds proves nothing.
+//! The service stops when the fault is set ([`Db::failed`]); started again,
+//! SQLite recovers the database from what the disk holds, and a caller
+//! that retries with the same idempotency key finds out whether its write
+//! was kept. The writer's connection never returns to the pool (it is
 //! closed instead), so no other write commits without a sync. Every other
 //! connection keeps `synchronous = FULL`; a database that is not a WAL
 //! file keeps it on the writer too. The writer's own checkpoints (below)
@@ -107,8 +111,8 @@
 use std::any::Any as AnyValue;
 use std::fs::File;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -117,7 +121,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{Acquire, Connection, Row};
 use tokio::sync::{OnceCell, mpsc, oneshot};
 
-use crate::{Backend, Db, StoreError};
+use crate::{Backend, Db, Fault, StoreError};
 
 /// The most units of work one SQLite transaction carries. A batch holds the
 /// database's write lock while it runs, so this bounds what the last caller
@@ -132,12 +136,12 @@ const QUEUE: usize = 4 * MAX_BATCH;
 pub const MAX_UNSYNCED: usize = 2;
 
 /// How a writer's syncer makes the log durable: `File::sync_data` unless a
-/// test puts something else in ([`Writer::with_log_sync`]).
+/// test puts something else in ([`Db::with_log_sync`]).
 pub type LogSync = Arc<dyn Fn(&File) -> std::io::Result<()> + Send + Sync>;
 
 /// A [`LogSync`] that shows in `Debug` output.
 #[derive(Clone)]
-struct SyncHook(LogSync);
+pub(crate) struct SyncHook(pub(crate) LogSync);
 
 impl std::fmt::Debug for SyncHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -336,8 +340,6 @@ pub struct Writer {
     /// The batch handler of a [`BatchWriter`].
     handler: Option<Arc<dyn ErasedHandler>>,
     counters: Arc<Counters>,
-    /// How the syncer syncs the log (tests).
-    log_sync: Option<SyncHook>,
 }
 
 impl std::fmt::Debug for dyn ErasedHandler {
@@ -362,23 +364,35 @@ pub struct WriterStats {
     /// Syncs of the log by the writer's syncer that succeeded (SQLite WAL
     /// files; one covers every batch committed before it began).
     pub syncs: u64,
-    /// Whether a sync of the log failed: the writer acknowledges nothing
-    /// any more ([`StoreError::NotDurable`]).
+    /// Whether a sync of the log failed: the database's writers
+    /// acknowledge nothing any more ([`StoreError::NotDurable`],
+    /// [`Db::fault`]).
     pub sync_failed: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Counters {
     units: AtomicU64,
     batches: AtomicU64,
     fallbacks: AtomicU64,
     durable: AtomicU64,
     syncs: AtomicU64,
-    /// Why the log's sync failed, once it did.
-    sync_failure: OnceLock<String>,
+    /// The database's fault: why a sync of its log failed, once one did.
+    fault: Fault,
 }
 
 impl Counters {
+    fn new(fault: Fault) -> Self {
+        Self {
+            units: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            fault,
+        }
+    }
+
     fn committed(&self, units: usize) {
         self.units.fetch_add(units as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
@@ -403,7 +417,7 @@ impl Writer {
         db: &Db,
         handler: impl FnOnce(Arc<Counters>) -> Option<Arc<dyn ErasedHandler>>,
     ) -> Self {
-        let counters = Arc::<Counters>::default();
+        let counters = Arc::new(Counters::new(db.fault.clone()));
         let handler = handler(counters.clone());
         let queue_units = db.backend() == Backend::Sqlite;
         let queue = (queue_units || handler.is_some()).then(|| Arc::new(OnceCell::new()));
@@ -413,7 +427,6 @@ impl Writer {
             queue_units,
             handler,
             counters,
-            log_sync: None,
         }
     }
 
@@ -426,7 +439,7 @@ impl Writer {
             fallbacks: self.counters.fallbacks.load(Ordering::Relaxed),
             durable: self.counters.durable.load(Ordering::Relaxed),
             syncs: self.counters.syncs.load(Ordering::Relaxed),
-            sync_failed: self.counters.sync_failure.get().is_some(),
+            sync_failed: self.counters.fault.get().is_some(),
         }
     }
 
@@ -442,15 +455,6 @@ impl Writer {
         }
         self.run(|_| Box::pin(async { Ok::<(), StoreError>(()) }))
             .await
-    }
-
-    /// A writer like [`Writer::new`] whose syncer syncs the log with
-    /// `sync` (tests: a sync that blocks or fails).
-    #[doc(hidden)]
-    pub fn with_log_sync(db: &Db, sync: LogSync) -> Self {
-        let mut writer = Self::new(db);
-        writer.log_sync = Some(SyncHook(sync));
-        writer
     }
 
     /// Runs `work` in a write transaction and returns its result once that
@@ -493,7 +497,6 @@ impl Writer {
                     receiver,
                     self.handler.clone(),
                     self.counters.clone(),
-                    self.log_sync.clone(),
                 );
                 sender
             })
@@ -606,9 +609,11 @@ fn spawn_writer(
     queue: mpsc::Receiver<Job>,
     handler: Option<Arc<dyn ErasedHandler>>,
     counters: Arc<Counters>,
-    log_sync: Option<SyncHook>,
 ) {
-    let log_sync = log_sync.unwrap_or_else(|| SyncHook(Arc::new(File::sync_data)));
+    let log_sync = db
+        .log_sync
+        .clone()
+        .unwrap_or_else(|| SyncHook(Arc::new(File::sync_data)));
     let syncer = (db.backend() == Backend::Sqlite)
         .then(|| spawn_syncer(db.service(), counters.clone(), log_sync.clone()))
         .and_then(|started| {
@@ -663,16 +668,16 @@ fn spawn_syncer(
 /// callers: success once synced, [`StoreError::NotDurable`] if this or any
 /// earlier sync failed.
 fn sync_and_answer(waiting: Vec<Unsynced>, log_sync: &SyncHook, counters: &Counters) {
-    let synced = match counters.sync_failure.get() {
-        Some(why) => Err(why.clone()),
+    let synced = match counters.fault.get() {
+        Some(why) => Err(why),
         None => sync_logs(&waiting, log_sync).map_err(|e| {
             let why = e.to_string();
             tracing::error!(
                 error = %why,
                 "the database log could not be synced: committed writes may not be durable; \
-                 the writer takes no more writes until the service restarts"
+                 the database takes no more writes until the service restarts"
             );
-            counters.sync_failure.get_or_init(|| why).clone()
+            counters.fault.set(why)
         }),
     };
     match synced {
@@ -722,7 +727,7 @@ async fn write_batches(
                 Err(_) => break,
             }
         }
-        if let Some(why) = counters.sync_failure.get() {
+        if let Some(why) = counters.fault.get() {
             // After a failed sync nothing is acknowledged any more.
             answer_all(batch, || StoreError::NotDurable(why.clone()));
             continue;

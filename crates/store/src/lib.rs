@@ -26,10 +26,14 @@ use sqlx::{AnyPool, Executor};
 
 pub use sqlx;
 
+mod fault;
 pub mod group_commit;
 pub mod read_batch;
 pub mod sql;
 mod stamp;
+
+use fault::Fault;
+use group_commit::{LogSync, SyncHook};
 
 pub use stamp::timestamp;
 
@@ -130,6 +134,13 @@ pub enum StoreError {
 /// ([`StoreError::is_busy`]), with gRPC `Unavailable`.
 pub const BUSY_MESSAGE: &str = "storage_busy: the database is busy; retry shortly";
 
+/// The status message of a service whose write may or may not have been
+/// kept ([`StoreError::NotDurable`]), with gRPC `Unavailable`: the service
+/// is stopping to recover its database, and a retry with the same
+/// idempotency key once it is back finds out which.
+pub const NOT_DURABLE_MESSAGE: &str = "outcome_unknown: the database could not make this write \
+     durable and the service is restarting; retry with the same idempotency key";
+
 impl StoreError {
     /// Whether the database was too busy to take the query: no pooled
     /// connection came free within [`StoreConfig::acquire_timeout`].
@@ -137,6 +148,19 @@ impl StoreError {
     /// answers `Unavailable` (HTTP 503), not `Internal`.
     pub fn is_busy(&self) -> bool {
         matches!(self, StoreError::Query(sqlx::Error::PoolTimedOut))
+    }
+
+    /// The message a service answers with gRPC `Unavailable` (HTTP 503)
+    /// for this error, when it is one the client can do something about
+    /// by retrying: [`BUSY_MESSAGE`] for a busy database,
+    /// [`NOT_DURABLE_MESSAGE`] for a write whose outcome is unknown.
+    /// `None` for every other error (a storage failure: `Internal`).
+    pub fn unavailable_message(&self) -> Option<&'static str> {
+        match self {
+            StoreError::NotDurable(_) => Some(NOT_DURABLE_MESSAGE),
+            e if e.is_busy() => Some(BUSY_MESSAGE),
+            _ => None,
+        }
     }
 }
 
@@ -203,6 +227,10 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     service: String,
+    /// Set once a writer could not make a commit durable (shared by clones).
+    fault: Fault,
+    /// How the writers' syncers sync the log (tests).
+    log_sync: Option<SyncHook>,
 }
 
 impl Db {
@@ -323,6 +351,8 @@ impl Db {
             pool,
             backend,
             service,
+            fault: Fault::default(),
+            log_sync: None,
         })
     }
 
@@ -408,6 +438,32 @@ impl Db {
     /// Closes every pooled connection.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Why this database takes no more writes, once a group-commit writer
+    /// over it could not make a commit durable (a failed sync of the log:
+    /// [`StoreError::NotDurable`]); `None` while all is well. The fault is
+    /// never cleared: the process must restart.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.get()
+    }
+
+    /// Completes, with the reason, once [`Db::fault`] is set. A service
+    /// stops then, so that its supervisor (`trustmesh up`, Kubernetes)
+    /// starts it again and SQLite recovers the database from what is on
+    /// disk: PostgreSQL's answer to a failed `fsync` too. Never completes
+    /// on a database that stays healthy.
+    pub fn failed(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let fault = self.fault.clone();
+        async move { fault.wait().await }
+    }
+
+    /// This database with its writers' syncers syncing the log with `sync`
+    /// instead of `File::sync_data` (tests: a sync that blocks or fails).
+    #[doc(hidden)]
+    pub fn with_log_sync(mut self, sync: LogSync) -> Self {
+        self.log_sync = Some(SyncHook(sync));
+        self
     }
 }
 

@@ -295,7 +295,7 @@ async fn sqlite_a_caller_hears_back_only_after_the_sync() {
             file.sync_data()
         })
     };
-    let writer = Writer::with_log_sync(&db, sync);
+    let writer = Writer::new(&db.clone().with_log_sync(sync));
     let caller = {
         let writer = writer.clone();
         tokio::spawn(async move { try_insert(&writer, "g1").await })
@@ -344,7 +344,10 @@ async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
             file.sync_data()
         })
     };
-    let writer = Writer::with_log_sync(&db, sync);
+    let faulty = db.clone().with_log_sync(sync);
+    assert_eq!(faulty.fault(), None);
+    let failed = tokio::spawn(faulty.failed());
+    let writer = Writer::new(&faulty);
     let first = try_insert(&writer, "f1").await;
     assert!(
         matches!(first, Err(UnitError::Store(StoreError::NotDurable(_)))),
@@ -366,6 +369,24 @@ async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
     assert!(
         writer.barrier().await.is_err(),
         "a barrier passed after the failure"
+    );
+    // The database's fault is set, wakes whoever waits to stop the
+    // service, and holds for every writer over it, new ones included.
+    let why = tokio::time::timeout(std::time::Duration::from_secs(5), failed)
+        .await
+        .expect("the fault was never signalled")
+        .expect("task");
+    assert!(why.contains("injected write-back error"), "{why}");
+    assert_eq!(db.fault().as_deref(), Some(why.as_str()));
+    let other = try_insert(&Writer::new(&db), "f3").await;
+    assert!(
+        matches!(other, Err(UnitError::Store(StoreError::NotDurable(_)))),
+        "{other:?}"
+    );
+    assert_eq!(
+        count(&db, "f3").await,
+        0,
+        "another writer wrote after the fault"
     );
     drop(writer);
     close(db).await;

@@ -120,6 +120,7 @@ pub async fn start(
     let directory = Directory::new(&config.data_dir);
     let metrics = MetricsRegistry::new();
     let store = store::AuthStore::new(db.clone());
+    let db_failed = db.failed();
     // The relay's writes go through the store's writer: on SQLite they
     // then never stall a login in the busy handler.
     let outbox = Outbox::new(db).with_writer(store.writer().clone());
@@ -179,6 +180,7 @@ pub async fn start(
             .metrics(metrics)
             .deny_hook(events.deny_hook("auth"))
             .health_service("trustmesh.auth.v1.Auth")
+            .stop_on_fault(db_failed)
             .start(routes, shutdown)
             .await?,
     )

@@ -90,9 +90,11 @@ fn status(code: tonic::Code, reason: &str, message: &str) -> Status {
 }
 
 fn internal(e: StoreError) -> Status {
-    if e.is_busy() {
-        tracing::warn!(error = %e, "auth store busy");
-        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    if let Some(message) = e.unavailable_message() {
+        // Busy, or the outcome of a write is unknown (the writer logged
+        // why, and the service is stopping to recover its database).
+        tracing::warn!(error = %e, "auth store unavailable");
+        return Status::unavailable(message);
     }
     tracing::error!(error = %e, "auth store failed");
     Status::internal("storage failure")

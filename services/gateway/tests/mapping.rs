@@ -122,6 +122,12 @@ fn grpc_codes_map_to_http() {
         ),
         (
             Code::Unavailable,
+            trustmesh_store::NOT_DURABLE_MESSAGE,
+            503,
+            "outcome_unknown",
+        ),
+        (
+            Code::Unavailable,
             "storage_busy: the database is busy; retry shortly",
             503,
             "storage_busy",

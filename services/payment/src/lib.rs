@@ -152,8 +152,10 @@ async fn start_with_store(
     shutdown: Shutdown,
 ) -> Result<RunningServer, PaymentError> {
     let Hooks { deny_hook, metrics } = hooks;
+    let db_failed = store.db().failed();
     let mut service = PaymentService::new(store, wallet, policy.clone());
     let mut server = GrpcServer::new("payment", &config.trust_domain, source, policy)
+        .stop_on_fault(db_failed)
         .grpc_addr(config.grpc_addr)
         .admin_addr(config.admin_addr)
         .subject_resolver(subjects)

@@ -436,9 +436,11 @@ fn internal(e: StoreError) -> Status {
         // the service, is what cannot go on.
         return Status::failed_precondition(format!("limit_exceeded: {why}"));
     }
-    if e.is_busy() {
-        tracing::warn!(error = %e, "payment store busy");
-        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    if let Some(message) = e.unavailable_message() {
+        // Busy, or the outcome of a write is unknown (the writer logged
+        // why, and the service is stopping to recover its database).
+        tracing::warn!(error = %e, "payment store unavailable");
+        return Status::unavailable(message);
     }
     tracing::error!(error = %e, "payment store failed");
     Status::internal("storage failure")

@@ -59,6 +59,7 @@ pub async fn start(
 ) -> Result<RunningServer, UserError> {
     let db = Db::connect(&StoreConfig::from_env("user", &config.data_dir)).await?;
     db.migrate(&MIGRATIONS, &MIGRATIONS).await?;
+    let db_failed = db.failed();
     let mesh = MeshClient::new(source.clone(), &config.trust_domain);
     let directory = Directory::new(&config.data_dir);
     let metrics = MetricsRegistry::new();
@@ -76,6 +77,7 @@ pub async fn start(
             .metrics(metrics)
             .deny_hook(events.deny_hook("user"))
             .health_service("trustmesh.user.v1.User")
+            .stop_on_fault(db_failed)
             .start(routes, shutdown)
             .await?,
     )

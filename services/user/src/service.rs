@@ -88,9 +88,11 @@ impl UserService {
 }
 
 fn internal(e: StoreError) -> Status {
-    if e.is_busy() {
-        tracing::warn!(error = %e, "user store busy");
-        return Status::unavailable(trustmesh_store::BUSY_MESSAGE);
+    if let Some(message) = e.unavailable_message() {
+        // Busy, or the outcome of a write is unknown (the writer logged
+        // why, and the service is stopping to recover its database).
+        tracing::warn!(error = %e, "user store unavailable");
+        return Status::unavailable(message);
     }
     tracing::error!(error = %e, "user store failed");
     Status::internal("storage failure")

@@ -25,10 +25,43 @@ use trustmesh_proto::trustmesh::wallet::v1::{
     DepositRequest, GetBalanceRequest, GetOutgoingVolumeRequest, ListTransactionsRequest,
     TransferRequest,
 };
-use trustmesh_runtime::{MeshChannel, RunningServer, Shutdown, SvidFiles};
+use trustmesh_runtime::{MeshChannel, RunningServer, RuntimeError, Shutdown, SvidFiles};
 use trustmesh_wallet::{Hooks, WalletConfig, start_with_db};
 
 on_both_backends!(policy_decides_every_call_over_mtls);
+
+/// A SQLite wallet whose log cannot be synced tells the agent that the
+/// outcome of its deposit is unknown (`Unavailable`, `outcome_unknown`,
+/// retry with the same reference) and stops with the fault, so that the
+/// process exits with an error and its supervisor starts it again (and
+/// SQLite recovers the database from the disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_log_sync_stops_the_wallet() {
+    let mut db = TestDb::open(Backend::Sqlite, 8).await;
+    db.db = db.db.clone().with_log_sync(Arc::new(|_: &std::fs::File| {
+        Err(std::io::Error::other("injected write-back error"))
+    }));
+    let mut mesh = Harness::start_on(db).await;
+    let status = mesh
+        .client(TEST_AGENT)
+        .deposit(deposit(&user(), 100, "ext-fault"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(status.message(), trustmesh_store::NOT_DURABLE_MESSAGE);
+    let server = mesh.server.take().unwrap();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .expect("the wallet kept serving after the fault");
+    match stopped {
+        Err(RuntimeError::Fault(why)) => assert!(why.contains("injected"), "{why}"),
+        other => panic!("the wallet stopped without its fault: {other:?}"),
+    }
+    assert!(
+        mesh.shutdown.is_triggered(),
+        "the rest of the process runs on"
+    );
+}
 
 const WALLET_ID: &str = "spiffe://trustmesh.local/svc/wallet";
 const GATEWAY_ID: &str = "spiffe://trustmesh.local/svc/gateway";
@@ -48,6 +81,11 @@ struct Harness {
 
 impl Harness {
     async fn start(backend: Backend) -> Self {
+        Self::start_on(TestDb::open(backend, 8).await).await
+    }
+
+    /// The wallet served over `db`.
+    async fn start_on(db: TestDb) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config =
             IssuerConfig::new(dir.path().join("issuer")).with_svid_ttl(Duration::from_secs(3600));
@@ -68,7 +106,6 @@ impl Harness {
             .await
             .unwrap();
 
-        let db = TestDb::open(backend, 8).await;
         let resolver = |headers: &http::HeaderMap| -> Result<Option<Subject>, tonic::Status> {
             let text = |name: &str| {
                 headers

@@ -40,10 +40,16 @@ const DENY_REASON: &str = "x-trustmesh-deny-reason";
 /// The reasons of an `UNAVAILABLE` status that services give on purpose,
 /// whose code and message reach the client: what to do next differs for
 /// each (retry shortly; retry with the same idempotency key; the role
-/// changed and its sessions end soon). Any other `UNAVAILABLE` (a transport
-/// error, say) is a generic 503 whose message says nothing of the inside.
-pub const UNAVAILABLE_REASONS: [&str; 3] =
-    ["storage_busy", "wallet_unavailable", "sessions_not_revoked"];
+/// changed and its sessions end soon; the service restarts and a retry with
+/// the same key tells whether the write was kept). Any other `UNAVAILABLE`
+/// (a transport error, say) is a generic 503 whose message says nothing of
+/// the inside.
+pub const UNAVAILABLE_REASONS: [&str; 4] = [
+    "storage_busy",
+    "wallet_unavailable",
+    "sessions_not_revoked",
+    "outcome_unknown",
+];
 
 /// Longest service message passed on to the client.
 const MAX_MESSAGE: usize = 500;
