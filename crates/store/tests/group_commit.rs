@@ -213,6 +213,23 @@ async fn sqlite_answers_wait_for_the_logs_sync() {
     );
     assert_eq!(count(&db, "c%").await, 300);
     assert_eq!(writer.run(synchronous).await.expect("pragma"), 1);
+    // The writer's page cache is its own, larger than SQLite's default.
+    let cache_size: i64 = writer
+        .run(|conn| {
+            Box::pin(async move {
+                Ok::<_, StoreError>(
+                    sqlx::query_scalar("PRAGMA cache_size")
+                        .fetch_one(conn)
+                        .await?,
+                )
+            })
+        })
+        .await
+        .expect("pragma");
+    assert_eq!(
+        cache_size,
+        -i64::from(trustmesh_store::group_commit::WRITER_CACHE_KIB)
+    );
 
     // A batch that breaks (a savepoint cannot be released once its
     // transaction is gone) makes the writer drop its connection.
