@@ -55,7 +55,10 @@
 //! The service stops when the fault is set ([`Db::failed`]); started again,
 //! SQLite recovers the database from what the disk holds, and a caller
 //! that retries with the same idempotency key finds out whether its write
-//! was kept. The writer's connection never returns to the pool (it is
+//! was kept. A sync that panics counts as one that failed, and a writer
+//! whose thread panics (a bug in a unit of work) sets the fault too: the
+//! callers of its batch hear that the writer stopped, and the service
+//! restarts instead of refusing every write from then on. The writer's connection never returns to the pool (it is
 //! closed instead), so no other write commits without a sync. Every other
 //! connection keeps `synchronous = FULL`; a database that is not a WAL
 //! file keeps it on the writer too. The writer's own checkpoints (below)
@@ -111,6 +114,7 @@
 use std::any::Any as AnyValue;
 use std::fs::File;
 use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -628,22 +632,42 @@ fn spawn_writer(
                 })
                 .ok()
         });
+    let fault = counters.fault.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let started = runtime.and_then(|runtime| {
+        let fault = fault.clone();
         std::thread::Builder::new()
             .name(format!("{}-db-writer", db.service()))
             .spawn(move || {
                 let syncer = syncer.map(|sender| (sender, log_sync));
-                runtime.block_on(write_batches(db, queue, handler, counters, syncer))
+                let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    runtime.block_on(write_batches(db, queue, handler, counters, syncer))
+                }));
+                if ran.is_err() {
+                    // The callers of the batch it ran, and every later one,
+                    // hear "the database writer has stopped"; the service
+                    // stops on the fault instead of refusing every write.
+                    writer_lost(&fault, "the database writer panicked");
+                }
             })
     });
     if let Err(e) = started {
         // The queue's receiver is gone with the closure: every caller gets
         // "the database writer has stopped".
-        tracing::error!(error = %e, "cannot start the database writer thread");
+        writer_lost(
+            &fault,
+            &format!("cannot start the database writer thread: {e}"),
+        );
     }
+}
+
+/// Sets the database's fault for a writer that is gone: without it the
+/// service would refuse every write until someone restarted it.
+fn writer_lost(fault: &Fault, why: &str) {
+    let why = fault.set(why.to_owned());
+    tracing::error!(reason = %why, "the database takes no more writes until the service restarts");
 }
 
 /// Starts the syncer of a SQLite writer (see *The log's sync* in the
@@ -701,12 +725,14 @@ fn sync_and_answer(waiting: Vec<Unsynced>, log_sync: &SyncHook, counters: &Count
     }
 }
 
-/// Syncs each distinct log file of `waiting` with `log_sync`.
+/// Syncs each distinct log file of `waiting` with `log_sync`. A sync that
+/// panics is a sync that failed: its callers must still hear back.
 fn sync_logs(waiting: &[Unsynced], log_sync: &SyncHook) -> std::io::Result<()> {
     let mut synced: Vec<&Arc<File>> = Vec::with_capacity(1);
     for unsynced in waiting {
         if !synced.iter().any(|log| Arc::ptr_eq(log, &unsynced.log)) {
-            (log_sync.0)(&unsynced.log)?;
+            std::panic::catch_unwind(AssertUnwindSafe(|| (log_sync.0)(&unsynced.log)))
+                .unwrap_or_else(|_| Err(std::io::Error::other("the log's sync panicked")))?;
             synced.push(&unsynced.log);
         }
     }

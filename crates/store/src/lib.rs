@@ -85,7 +85,9 @@ pub enum StoreError {
     /// The database's log could not be synced after a commit: whether the
     /// write survives a power cut is unknown, and the writer acknowledges
     /// nothing any more (a failed sync is never retried: the kernel may
-    /// have dropped the pages). Restart the service; do not retry.
+    /// have dropped the pages). The service does not retry it: it stops
+    /// ([`Db::failed`]) and the client retries with the same idempotency
+    /// key once it is back.
     #[error(
         "the database log could not be synced ({0}): the outcome of this write is unknown and \
          the writer takes no more writes until the service restarts"
@@ -442,8 +444,9 @@ impl Db {
 
     /// Why this database takes no more writes, once a group-commit writer
     /// over it could not make a commit durable (a failed sync of the log:
-    /// [`StoreError::NotDurable`]); `None` while all is well. The fault is
-    /// never cleared: the process must restart.
+    /// [`StoreError::NotDurable`]) or is gone (its thread panicked or could
+    /// not start); `None` while all is well. The fault is never cleared:
+    /// the process must restart.
     pub fn fault(&self) -> Option<String> {
         self.fault.get()
     }

@@ -409,6 +409,66 @@ async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
     close(db).await;
 }
 
+/// A sync of the log that panics is a failed sync: its caller hears that
+/// the outcome is unknown (not silence, not "rolled back"), and the
+/// database's fault is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_sync_that_panics_is_a_failed_sync() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let sync: LogSync = std::sync::Arc::new(|_: &std::fs::File| panic!("injected panic in a sync"));
+    let writer = Writer::new(&db.clone().with_log_sync(sync));
+    let first = try_insert(&writer, "p1").await;
+    assert!(
+        matches!(first, Err(UnitError::Store(StoreError::NotDurable(_)))),
+        "{first:?}"
+    );
+    assert!(
+        db.fault().is_some_and(|why| why.contains("panicked")),
+        "{:?}",
+        db.fault()
+    );
+    drop(writer);
+    close(db).await;
+}
+
+/// A writer whose thread panics (a bug in a unit of work) sets the
+/// database's fault, so that the service restarts instead of answering
+/// every later write "the writer has stopped"; the unit's caller hears
+/// that the writer stopped, and nothing of its batch was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_a_writer_that_panics_sets_the_fault() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open(Backend::Sqlite, dir.path()).await;
+    let failed = tokio::spawn(db.failed());
+    let writer = Writer::new(&db);
+    let panicked = writer
+        .run(|conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO notes (id, body, amount) VALUES ('lost', 'b', 0)")
+                    .execute(&mut *conn)
+                    .await?;
+                if std::hint::black_box(true) {
+                    panic!("injected panic in a unit of work");
+                }
+                Ok::<_, StoreError>(())
+            })
+        })
+        .await;
+    assert!(
+        matches!(&panicked, Err(StoreError::GroupCommit(why)) if why.contains("stopped")),
+        "{panicked:?}"
+    );
+    let why = tokio::time::timeout(std::time::Duration::from_secs(5), failed)
+        .await
+        .expect("the fault was never signalled")
+        .expect("task");
+    assert!(why.contains("panicked"), "{why}");
+    assert_eq!(count(&db, "lost").await, 0, "the panicked batch was kept");
+    drop(writer);
+    close(db).await;
+}
+
 /// Under a steady stream of batches the writer's own checkpoints rewind the
 /// SQLite log: it stays a fraction of what was written through it (a
 /// checkpoint on another connection never caught up with the writer, and
