@@ -58,8 +58,9 @@
 //! was kept. A sync that panics counts as one that failed, and a writer
 //! whose thread panics (a bug in a unit of work) sets the fault too: the
 //! callers of its batch hear that the writer stopped, and the service
-//! restarts instead of refusing every write from then on. The writer's connection never returns to the pool (it is
-//! closed instead), so no other write commits without a sync. Every other
+//! restarts instead of refusing every write from then on. The writer's
+//! connection never returns to the pool (it is closed instead), so no
+//! other write commits without a sync. Every other
 //! connection keeps `synchronous = FULL`; a database that is not a WAL
 //! file keeps it on the writer too. The writer's own checkpoints (below)
 //! still sync the log and the database inline.

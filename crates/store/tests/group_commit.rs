@@ -343,6 +343,23 @@ async fn sqlite_a_caller_hears_back_only_after_the_sync() {
     close(db).await;
 }
 
+/// Asserts that a write was answered "outcome unknown".
+fn assert_not_durable(result: &Result<(), UnitError>) {
+    assert!(
+        matches!(result, Err(UnitError::Store(StoreError::NotDurable(_)))),
+        "{result:?}"
+    );
+}
+
+/// The reason the database's fault was set with, which `failed` (a task
+/// waiting on `Db::failed`) must hear within 5 s.
+async fn fault_signalled(failed: tokio::task::JoinHandle<String>) -> String {
+    tokio::time::timeout(std::time::Duration::from_secs(5), failed)
+        .await
+        .expect("the fault was never signalled")
+        .expect("task")
+}
+
 /// A failed sync is never taken for success: its callers hear that the
 /// outcome is unknown, and the writer acknowledges nothing after it (a
 /// later sync that succeeds proves nothing about pages the kernel may have
@@ -366,15 +383,9 @@ async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
     let failed = tokio::spawn(faulty.failed());
     let writer = Writer::new(&faulty);
     let first = try_insert(&writer, "f1").await;
-    assert!(
-        matches!(first, Err(UnitError::Store(StoreError::NotDurable(_)))),
-        "{first:?}"
-    );
+    assert_not_durable(&first);
     let later = try_insert(&writer, "f2").await;
-    assert!(
-        matches!(later, Err(UnitError::Store(StoreError::NotDurable(_)))),
-        "{later:?}"
-    );
+    assert_not_durable(&later);
     assert_eq!(
         count(&db, "f2").await,
         0,
@@ -389,17 +400,11 @@ async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
     );
     // The database's fault is set, wakes whoever waits to stop the
     // service, and holds for every writer over it, new ones included.
-    let why = tokio::time::timeout(std::time::Duration::from_secs(5), failed)
-        .await
-        .expect("the fault was never signalled")
-        .expect("task");
+    let why = fault_signalled(failed).await;
     assert!(why.contains("injected write-back error"), "{why}");
     assert_eq!(db.fault().as_deref(), Some(why.as_str()));
     let other = try_insert(&Writer::new(&db), "f3").await;
-    assert!(
-        matches!(other, Err(UnitError::Store(StoreError::NotDurable(_)))),
-        "{other:?}"
-    );
+    assert_not_durable(&other);
     assert_eq!(
         count(&db, "f3").await,
         0,
@@ -419,10 +424,7 @@ async fn sqlite_a_sync_that_panics_is_a_failed_sync() {
     let sync: LogSync = std::sync::Arc::new(|_: &std::fs::File| panic!("injected panic in a sync"));
     let writer = Writer::new(&db.clone().with_log_sync(sync));
     let first = try_insert(&writer, "p1").await;
-    assert!(
-        matches!(first, Err(UnitError::Store(StoreError::NotDurable(_)))),
-        "{first:?}"
-    );
+    assert_not_durable(&first);
     assert!(
         db.fault().is_some_and(|why| why.contains("panicked")),
         "{:?}",
@@ -459,10 +461,7 @@ async fn sqlite_a_writer_that_panics_sets_the_fault() {
         matches!(&panicked, Err(StoreError::GroupCommit(why)) if why.contains("stopped")),
         "{panicked:?}"
     );
-    let why = tokio::time::timeout(std::time::Duration::from_secs(5), failed)
-        .await
-        .expect("the fault was never signalled")
-        .expect("task");
+    let why = fault_signalled(failed).await;
     assert!(why.contains("panicked"), "{why}");
     assert_eq!(count(&db, "lost").await, 0, "the panicked batch was kept");
     drop(writer);
