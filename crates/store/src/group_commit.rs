@@ -701,9 +701,9 @@ fn sync_and_answer(waiting: Vec<Unsynced>, log_sync: &SyncHook, counters: &Count
     let synced = match counters.fault.get() {
         Some(why) => Err(why),
         None => sync_logs(&waiting, log_sync).map_err(|e| {
-            let why = e.to_string();
+            let why = format!("the log could not be synced: {e}");
             tracing::error!(
-                error = %why,
+                error = %e,
                 "the database log could not be synced: committed writes may not be durable; \
                  the database takes no more writes until the service restarts"
             );

@@ -82,15 +82,16 @@ pub enum StoreError {
     /// retrying is safe.
     #[error("group commit failed: {0}")]
     GroupCommit(String),
-    /// The database's log could not be synced after a commit: whether the
-    /// write survives a power cut is unknown, and the writer acknowledges
-    /// nothing any more (a failed sync is never retried: the kernel may
-    /// have dropped the pages). The service does not retry it: it stops
-    /// ([`Db::failed`]) and the client retries with the same idempotency
-    /// key once it is back.
+    /// The database can no longer make writes durable ([`Db::fault`]: its
+    /// log could not be synced after a commit, or its writer is gone):
+    /// whether the write survives a power cut is unknown, and the writer
+    /// acknowledges nothing any more (a failed sync is never retried: the
+    /// kernel may have dropped the pages). The service does not retry it:
+    /// it stops ([`Db::failed`]) and the client retries with the same
+    /// idempotency key once it is back. The text is the fault's reason.
     #[error(
-        "the database log could not be synced ({0}): the outcome of this write is unknown and \
-         the writer takes no more writes until the service restarts"
+        "the database cannot make writes durable ({0}): the outcome of this write is unknown \
+         and the writer takes no more writes until the service restarts"
     )]
     NotDurable(String),
     /// A batch of [`read_batch`] failed as a whole (the pool or the

@@ -401,7 +401,10 @@ async fn sqlite_a_failed_sync_stops_every_acknowledgement() {
     // The database's fault is set, wakes whoever waits to stop the
     // service, and holds for every writer over it, new ones included.
     let why = fault_signalled(failed).await;
-    assert!(why.contains("injected write-back error"), "{why}");
+    assert!(
+        why.starts_with("the log could not be synced") && why.contains("injected write-back error"),
+        "{why}"
+    );
     assert_eq!(db.fault().as_deref(), Some(why.as_str()));
     let other = try_insert(&Writer::new(&db), "f3").await;
     assert_not_durable(&other);
