@@ -52,8 +52,10 @@ const LEVELS: [usize; 2] = [20, 50];
 /// Recovery codes per user.
 const CODES: usize = 10;
 
-/// The MFA step as the gateway route and the auth RPC timed it.
-const MFA_HOPS: [Hop; 2] = [
+/// The MFA step as the gateway route and the auth RPC timed it, and the
+/// stages of the auth store's writes (every write of the level: the MFA
+/// steps' transactions and the password steps' tickets).
+const MFA_HOPS: [Hop; 5] = [
     Hop {
         service: "gateway",
         metric: hops::HTTP,
@@ -64,6 +66,9 @@ const MFA_HOPS: [Hop; 2] = [
         metric: hops::GRPC,
         route: "/trustmesh.auth.v1.Auth/LoginMfa",
     },
+    Hop::db_write("auth", "queue"),
+    Hop::db_write("auth", "commit"),
+    Hop::db_write("auth", "sync"),
 ];
 
 /// One client: its own kept-alive HTTPS connection to the gateway.

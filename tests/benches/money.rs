@@ -226,9 +226,19 @@ const WALLET_TRANSFER: Hop = Hop {
     route: "/trustmesh.wallet.v1.Wallet/Transfer",
 };
 
+/// The wallet's transfer and its database writes' stages (queued,
+/// committing, waiting for the log's sync).
+const TRANSFER_HOPS: [Hop; 4] = [
+    WALLET_TRANSFER,
+    Hop::db_write("wallet", "queue"),
+    Hop::db_write("wallet", "commit"),
+    Hop::db_write("wallet", "sync"),
+];
+
 /// The hops of `POST /api/v1/payments`: the gateway, the payment service,
-/// the wallet.
-const PAYMENT_HOPS: [Hop; 3] = [
+/// the wallet, and the stages of the payment service's and the wallet's
+/// database writes (two payment writes per payment, one wallet write).
+const PAYMENT_HOPS: [Hop; 9] = [
     Hop {
         service: "gateway",
         metric: hops::HTTP,
@@ -240,6 +250,12 @@ const PAYMENT_HOPS: [Hop; 3] = [
         route: "/trustmesh.payment.v1.Payment/CreatePayment",
     },
     WALLET_TRANSFER,
+    Hop::db_write("payment", "queue"),
+    Hop::db_write("payment", "commit"),
+    Hop::db_write("payment", "sync"),
+    Hop::db_write("wallet", "queue"),
+    Hop::db_write("wallet", "commit"),
+    Hop::db_write("wallet", "sync"),
 ];
 
 /// Runs `phase`, then prints its report as `what` and what each of `hops`
@@ -520,14 +536,14 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
         };
         measure(
             &mesh,
-            &[WALLET_TRANSFER],
+            &TRANSFER_HOPS,
             &format!("wallet.Transfer direct, {CALLERS} callers, closed loop"),
             drive(&mesh, transfer.clone()),
         )
         .await;
         measure(
             &mesh,
-            &[WALLET_TRANSFER],
+            &TRANSFER_HOPS,
             &format!("wallet.Transfer direct, paced at {DIRECT_RATE}/s"),
             paced(&mesh, DIRECT_RATE, transfer),
         )

@@ -14,6 +14,11 @@ pub const HTTP: &str = "http_server_handling_seconds";
 /// out, by method.
 pub const GRPC: &str = "grpc_server_handling_seconds";
 
+/// A service's group-commit writer: each write's time queued, committing
+/// and waiting for the log's sync, by stage
+/// (`trustmesh_store::group_commit::WRITE_STAGES_METRIC`).
+pub const DB_WRITE: &str = "db_write_stage_seconds";
+
 /// One hop of a request: whose `/metrics`, which metric, which route.
 #[derive(Clone, Copy, Debug)]
 pub struct Hop {
@@ -21,8 +26,36 @@ pub struct Hop {
     pub service: &'static str,
     /// [`HTTP`] or [`GRPC`].
     pub metric: &'static str,
-    /// The route label (`POST /api/v1/payments`, `/trustmesh.wallet.v1.Wallet/Transfer`).
+    /// The route label (`POST /api/v1/payments`, `/trustmesh.wallet.v1.Wallet/Transfer`),
+    /// or with [`DB_WRITE`] the stage (`queue`, `commit`, `sync`).
     pub route: &'static str,
+}
+
+impl Hop {
+    /// The stage `stage` of `service`'s database writes ([`DB_WRITE`]).
+    pub const fn db_write(service: &'static str, stage: &'static str) -> Self {
+        Self {
+            service,
+            metric: DB_WRITE,
+            route: stage,
+        }
+    }
+
+    /// The name of the label [`Hop::route`] is the value of.
+    fn label(&self) -> &'static str {
+        match self.metric {
+            DB_WRITE => "stage",
+            _ => "route",
+        }
+    }
+
+    /// How the hop is named in a report line.
+    fn name(&self) -> String {
+        match self.metric {
+            DB_WRITE => format!("{} db {}", self.service, self.route),
+            _ => self.service.to_owned(),
+        }
+    }
 }
 
 /// The `/metrics` text of each hop's service, in the order of `hops`.
@@ -46,13 +79,13 @@ pub fn inside(hops: &[Hop], before: &[String], after: &[String]) -> String {
         .zip(before.iter().zip(after))
         .map(|(hop, (before, after))| {
             let delta = histogram_delta(
-                &histogram_buckets(before, hop.metric, hop.route),
-                &histogram_buckets(after, hop.metric, hop.route),
+                &histogram_buckets(before, hop.metric, hop.label(), hop.route),
+                &histogram_buckets(after, hop.metric, hop.label(), hop.route),
             );
             let count = delta.last().map_or(0, |b| b.1);
             format!(
                 "{} {count}: p50 {:.1} ms  p99 {:.1} ms",
-                hop.service,
+                hop.name(),
                 ms(histogram_quantile(&delta, 0.5)),
                 ms(histogram_quantile(&delta, 0.99)),
             )

@@ -17,12 +17,13 @@ pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The cumulative buckets `(le, count)` of the series `route` of the
-/// Prometheus histogram `metric` in a `/metrics` text (as
-/// `trustmesh_telemetry::RouteLatency` renders them), `+Inf` last.
-pub fn histogram_buckets(text: &str, metric: &str, route: &str) -> Vec<(f64, u64)> {
+/// The cumulative buckets `(le, count)` of the series `label="value"` of
+/// the Prometheus histogram `metric` in a `/metrics` text (as
+/// `trustmesh_telemetry::RouteLatency` and `StageLatency` render them, one
+/// label each), `+Inf` last.
+pub fn histogram_buckets(text: &str, metric: &str, label: &str, value: &str) -> Vec<(f64, u64)> {
     let prefix = format!("{metric}_bucket{{le=\"");
-    let suffix = format!(",route=\"{route}\"}} ");
+    let suffix = format!(",{label}=\"{value}\"}} ");
     text.lines()
         .filter_map(|line| line.strip_prefix(&prefix))
         .filter_map(|rest| {
@@ -107,7 +108,7 @@ t_seconds_bucket{le=\"+Inf\",route=\"a\"} 100
 t_seconds_bucket{le=\"0.001\",route=\"b\"} 7
 ";
         let before = [(0.001, 10), (0.002, 10), (0.004, 10), (f64::INFINITY, 10)];
-        let after = histogram_buckets(text, "t_seconds", "a");
+        let after = histogram_buckets(text, "t_seconds", "route", "a");
         assert_eq!(
             after,
             [(0.001, 10), (0.002, 90), (0.004, 100), (f64::INFINITY, 100)]
@@ -127,6 +128,6 @@ t_seconds_bucket{le=\"0.001\",route=\"b\"} 7
         let p99 = histogram_quantile(&delta, 0.99);
         assert!((ms(p99) - (2.0 + 2.0 * 9.1 / 10.0)).abs() < 1e-9, "{p99:?}");
         assert_eq!(histogram_quantile(&[], 0.5), Duration::ZERO);
-        assert!(histogram_buckets(text, "t_seconds", "c").is_empty());
+        assert!(histogram_buckets(text, "t_seconds", "route", "c").is_empty());
     }
 }

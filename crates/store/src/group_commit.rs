@@ -154,6 +154,59 @@ impl std::fmt::Debug for SyncHook {
     }
 }
 
+/// A stage of a write through a [`Writer`]'s queue, as timed for
+/// [`Db::with_write_timing`]. The three add up to what the caller waited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteStage {
+    /// From the caller's request to the start of the batch that carries it:
+    /// waiting for the writer to finish the batch before (and, on SQLite,
+    /// for the syncer when [`MAX_UNSYNCED`] batches wait for a sync).
+    Queue,
+    /// The batch's transaction, from its `BEGIN` to the end of its `COMMIT`.
+    Commit,
+    /// From the commit to the sync of the log that makes it durable (SQLite
+    /// WAL files; other commits are durable when they end).
+    Sync,
+}
+
+impl WriteStage {
+    /// Every stage, in the order a write passes them.
+    pub const ALL: [WriteStage; 3] = [WriteStage::Queue, WriteStage::Commit, WriteStage::Sync];
+    /// The names of [`WriteStage::ALL`], as [`WriteStage::as_str`] gives them.
+    pub const NAMES: [&'static str; 3] = ["queue", "commit", "sync"];
+
+    /// The stage's name (a metric label): `queue`, `commit` or `sync`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteStage::Queue => Self::NAMES[0],
+            WriteStage::Commit => Self::NAMES[1],
+            WriteStage::Sync => Self::NAMES[2],
+        }
+    }
+}
+
+/// The name under which a service publishes its writes' [`WriteStage`]
+/// times (`/metrics`, a histogram labelled `stage`).
+pub const WRITE_STAGES_METRIC: &str = "db_write_stage_seconds";
+/// The help text of [`WRITE_STAGES_METRIC`].
+pub const WRITE_STAGES_HELP: &str = "Time a write through the database's group-commit writer spent queued, committing, and waiting for the log's sync";
+
+/// Receives how long one write waited in one stage, by the stage's name
+/// ([`WriteStage::as_str`]; see [`Db::with_write_timing`]). It is called on
+/// the writer's and the syncer's threads, once per write and stage: it
+/// must be quick (a histogram's `observe`).
+pub type WriteTiming = Arc<dyn Fn(&str, Duration) + Send + Sync>;
+
+/// A [`WriteTiming`] that shows in `Debug` output.
+#[derive(Clone)]
+pub(crate) struct TimingHook(pub(crate) WriteTiming);
+
+impl std::fmt::Debug for TimingHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteTiming")
+    }
+}
+
 /// The page cache of a SQLite writer's connection, in KiB (SQLite's
 /// default is 2 MiB): the pages its batches touch stay in memory instead of
 /// being read again through the kernel.
@@ -188,6 +241,8 @@ type Reply = oneshot::Sender<Result<Answer, StoreError>>;
 struct Job {
     task: Task,
     reply: Reply,
+    /// When the caller queued it.
+    queued: Instant,
 }
 
 /// The answers of a committed batch, waiting for the log to be synced.
@@ -195,6 +250,8 @@ struct Unsynced {
     /// The log file (`<db>-wal`), opened with the writer's connection.
     log: Arc<File>,
     answers: Vec<(Reply, Answer)>,
+    /// When the batch's commit ended.
+    committed: Instant,
 }
 
 /// What [`BatchHandler::run_batch`] returns: one outcome per request, or
@@ -389,17 +446,29 @@ struct Counters {
     syncs: AtomicU64,
     /// The database's fault: why a sync of its log failed, once one did.
     fault: Fault,
+    /// Where the time of each write's stages goes, if anywhere.
+    timing: Option<TimingHook>,
 }
 
 impl Counters {
-    fn new(fault: Fault) -> Self {
+    fn new(db: &Db) -> Self {
         Self {
             units: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
             durable: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
-            fault,
+            fault: db.fault.clone(),
+            timing: db.write_timing.clone(),
+        }
+    }
+
+    /// Reports that `writes` writes each spent `took` in `stage`.
+    fn timed(&self, stage: WriteStage, took: Duration, writes: usize) {
+        if let Some(TimingHook(timing)) = &self.timing {
+            for _ in 0..writes {
+                timing(stage.as_str(), took);
+            }
         }
     }
 
@@ -427,7 +496,7 @@ impl Writer {
         db: &Db,
         handler: impl FnOnce(Arc<Counters>) -> Option<Arc<dyn ErasedHandler>>,
     ) -> Self {
-        let counters = Arc::new(Counters::new(db.fault.clone()));
+        let counters = Arc::new(Counters::new(db));
         let handler = handler(counters.clone());
         let queue_units = db.backend() == Backend::Sqlite;
         let queue = (queue_units || handler.is_some()).then(|| Arc::new(OnceCell::new()));
@@ -513,7 +582,11 @@ impl Writer {
             .await;
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Job { task, reply })
+            .send(Job {
+                task,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| stopped())?;
         let answer = answer.await.map_err(|_| stopped())??;
@@ -714,8 +787,16 @@ fn sync_and_answer(waiting: Vec<Unsynced>, log_sync: &SyncHook, counters: &Count
         Ok(()) => {
             counters.syncs.fetch_add(1, Ordering::Relaxed);
             counters.durable(waiting.len());
-            for (reply, answer) in waiting.into_iter().flat_map(|u| u.answers) {
-                let _ = reply.send(Ok(answer));
+            let synced = Instant::now();
+            for unsynced in waiting {
+                counters.timed(
+                    WriteStage::Sync,
+                    synced.duration_since(unsynced.committed),
+                    unsynced.answers.len(),
+                );
+                for (reply, answer) in unsynced.answers {
+                    let _ = reply.send(Ok(answer));
+                }
             }
         }
         Err(why) => {
@@ -764,6 +845,12 @@ async fn write_batches(
             answer_all(batch, || StoreError::NotDurable(why.clone()));
             continue;
         }
+        let started = Instant::now();
+        if counters.timing.is_some() {
+            for job in &batch {
+                counters.timed(WriteStage::Queue, started.duration_since(job.queued), 1);
+            }
+        }
         let (mut conn, log) = match connection.take() {
             Some(open) => open,
             None => match writer_connection(&db, syncer.is_some()).await {
@@ -782,11 +869,18 @@ async fn write_batches(
         };
         match run_batch(&mut conn, sqlite, handler.as_deref(), &counters, batch).await {
             Ok(answers) => {
+                let committed = Instant::now();
+                counters.timed(
+                    WriteStage::Commit,
+                    committed.duration_since(started),
+                    answers.len(),
+                );
                 match (&log, &syncer) {
                     (Some(log), Some((syncer, log_sync))) => {
                         let unsynced = Unsynced {
                             log: log.clone(),
                             answers,
+                            committed,
                         };
                         // Waits while MAX_UNSYNCED batches wait for a sync.
                         if let Err(unsent) = syncer.send(unsynced) {

@@ -35,6 +35,7 @@ mod stamp;
 use fault::Fault;
 use group_commit::{LogSync, SyncHook};
 
+pub use group_commit::{WriteStage, WriteTiming};
 pub use stamp::timestamp;
 
 #[cfg(feature = "testing")]
@@ -234,6 +235,8 @@ pub struct Db {
     fault: Fault,
     /// How the writers' syncers sync the log (tests).
     log_sync: Option<SyncHook>,
+    /// Where the writers report how long each write waited in each stage.
+    write_timing: Option<group_commit::TimingHook>,
 }
 
 impl Db {
@@ -356,6 +359,7 @@ impl Db {
             service,
             fault: Fault::default(),
             log_sync: None,
+            write_timing: None,
         })
     }
 
@@ -467,6 +471,16 @@ impl Db {
     #[doc(hidden)]
     pub fn with_log_sync(mut self, sync: LogSync) -> Self {
         self.log_sync = Some(SyncHook(sync));
+        self
+    }
+
+    /// This database with its group-commit writers reporting to `timing`
+    /// how long each write they take waited in each [`WriteStage`] (a
+    /// service publishes them as histograms on `/metrics`). Writers made
+    /// over this `Db` (or its clones made after this call) report; set it
+    /// before making the service's store.
+    pub fn with_write_timing(mut self, timing: WriteTiming) -> Self {
+        self.write_timing = Some(group_commit::TimingHook(timing));
         self
     }
 }

@@ -691,3 +691,78 @@ async fn sqlite_a_busy_pool_is_reported_as_busy() {
 async fn postgres_a_busy_pool_is_reported_as_busy() {
     a_busy_pool_is_reported_as_busy(Backend::Postgres).await;
 }
+
+/// The stages a [`Db::with_write_timing`] hook heard, by name.
+type Heard = std::sync::Arc<std::sync::Mutex<Vec<(String, std::time::Duration)>>>;
+
+/// Every write through the queue reports each of its stages once: queued,
+/// committing, and on SQLite the wait for the log's sync (here a sync that
+/// takes 50 ms, so that its stage shows it). A PostgreSQL commit is durable
+/// when it ends: no sync stage.
+async fn writes_report_their_stages(backend: Backend) {
+    use std::time::Duration;
+    use trustmesh_store::WriteStage;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let heard = Heard::default();
+    let timing: trustmesh_store::WriteTiming = {
+        let heard = heard.clone();
+        std::sync::Arc::new(move |stage: &str, took| {
+            heard.lock().expect("heard").push((stage.to_owned(), took));
+        })
+    };
+    let slow_sync: LogSync = std::sync::Arc::new(|file: &std::fs::File| {
+        std::thread::sleep(Duration::from_millis(50));
+        file.sync_data()
+    });
+    let db = open(backend, dir.path()).await;
+    let timed = db
+        .clone()
+        .with_log_sync(slow_sync)
+        .with_write_timing(timing);
+    let writer = BatchWriter::new(&timed, Notes);
+    let mut tasks = Vec::new();
+    for n in 0..40i64 {
+        let writer = writer.clone();
+        tasks.push(tokio::spawn(async move {
+            writer.submit((format!("t{n}"), n)).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task").expect("the write");
+    }
+    assert_eq!(count(&db, "t%").await, 40);
+    let heard = heard.lock().expect("heard").clone();
+    let of = |stage: WriteStage| -> Vec<Duration> {
+        heard
+            .iter()
+            .filter(|(name, _)| name == stage.as_str())
+            .map(|(_, took)| *took)
+            .collect()
+    };
+    assert_eq!(of(WriteStage::Queue).len(), 40, "{heard:?}");
+    assert_eq!(of(WriteStage::Commit).len(), 40, "{heard:?}");
+    let syncs = of(WriteStage::Sync);
+    match backend {
+        Backend::Sqlite => {
+            assert_eq!(syncs.len(), 40, "{heard:?}");
+            assert!(
+                syncs.iter().all(|took| *took >= Duration::from_millis(50)),
+                "a sync stage shorter than the sync: {syncs:?}"
+            );
+        }
+        Backend::Postgres => assert!(syncs.is_empty(), "{heard:?}"),
+    }
+    drop(writer);
+    drop(timed);
+    close(db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_writes_report_their_stages() {
+    writes_report_their_stages(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_writes_report_their_stages() {
+    writes_report_their_stages(Backend::Postgres).await;
+}

@@ -11,7 +11,7 @@ pub mod latency;
 mod logging;
 
 pub use admin::{AdminError, Readiness, serve_admin};
-pub use latency::RouteLatency;
+pub use latency::{RouteLatency, StageLatency};
 pub use logging::init_tracing;
 
 use std::sync::{Arc, Mutex, PoisonError};

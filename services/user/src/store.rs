@@ -87,11 +87,11 @@ fn profile(row: &AnyRow) -> Result<ProfileRow, sqlx::Error> {
     })
 }
 
-/// The current time as RFC 3339 UTC.
+/// The current time in the stored form of every time column
+/// ([`trustmesh_store::timestamp`]: RFC 3339 UTC with six fractional
+/// digits, whose text order is their time order).
 pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    timestamp(time::OffsetDateTime::now_utc())
 }
 
 /// Queries over a user-service database.
@@ -248,7 +248,7 @@ impl UserStore {
             revocation_id: uuid::Uuid::now_v7().to_string(),
             user_id: user_id.to_owned(),
             requested_by: changed_by.to_owned(),
-            requested_at: timestamp(time::OffsetDateTime::now_utc()),
+            requested_at: now(),
         };
         sqlx::query(
             "INSERT INTO pending_revocations (revocation_id, user_id, requested_by, requested_at) \

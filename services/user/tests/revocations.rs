@@ -124,6 +124,12 @@ async fn a_role_change_ends_the_sessions_at_once(backend: Backend) {
     let auth = Auth::start(backend).await;
     let (_db, store) = users(backend).await;
     let bob = profile(&store).await;
+    // Every time column has the one stored form (six fractional digits).
+    let created = store.profile(&bob).await.unwrap().unwrap().created_at;
+    assert!(
+        created.len() == 27 && created.as_bytes()[19] == b'.' && created.ends_with('Z'),
+        "{created}"
+    );
     let service = UserService::new(store.clone(), auth.channel.clone());
 
     let answer = service.set_role(set_role(&bob, "manager")).await.unwrap();
