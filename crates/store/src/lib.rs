@@ -483,6 +483,19 @@ impl Db {
         self.write_timing = Some(group_commit::TimingHook(timing));
         self
     }
+
+    /// [`Db::with_write_timing`] into histograms registered in `metrics`
+    /// as [`group_commit::WRITE_STAGES_METRIC`], labelled by stage (what a
+    /// service publishes on `/metrics`).
+    pub fn with_write_metrics(self, metrics: &trustmesh_telemetry::MetricsRegistry) -> Self {
+        let stages = trustmesh_telemetry::StageLatency::register(
+            metrics,
+            group_commit::WRITE_STAGES_METRIC,
+            group_commit::WRITE_STAGES_HELP,
+            &WriteStage::NAMES,
+        );
+        self.with_write_timing(stages.into_observer())
+    }
 }
 
 /// How often the SQLite log is copied back into the database file.

@@ -35,9 +35,8 @@ use trustmesh_runtime::{
     Directory, GrpcServer, JwtSubjects, MeshClient, RunningServer, RuntimeError, SESSION_CHECK_TTL,
     Shutdown, TOKEN_AUDIENCE, TOKEN_ISSUER,
 };
-use trustmesh_store::group_commit::{self, WriteStage};
 use trustmesh_store::{Db, StoreConfig, StoreError};
-use trustmesh_telemetry::{MetricsRegistry, StageLatency};
+use trustmesh_telemetry::MetricsRegistry;
 use trustmesh_tokens::{FnSessionChecker, KeyRing, RotationPolicy, TokenIssuer, Verifier};
 
 /// The service's schema: the same portable SQL on SQLite and PostgreSQL.
@@ -122,15 +121,7 @@ pub async fn start(
     let metrics = MetricsRegistry::new();
     // Each write's time queued, committing and waiting for the log's sync,
     // on `/metrics`.
-    let db = db.with_write_timing(
-        StageLatency::register(
-            &metrics,
-            group_commit::WRITE_STAGES_METRIC,
-            group_commit::WRITE_STAGES_HELP,
-            &WriteStage::NAMES,
-        )
-        .into_observer(),
-    );
+    let db = db.with_write_metrics(&metrics);
     let store = store::AuthStore::new(db.clone());
     let db_failed = db.failed();
     // The relay's writes go through the store's writer: on SQLite they

@@ -32,9 +32,8 @@ use trustmesh_proto::trustmesh::payment::v1::payment_server::PaymentServer;
 use trustmesh_runtime::{
     Directory, GrpcServer, MeshChannel, MeshClient, RunningServer, RuntimeError, Shutdown,
 };
-use trustmesh_store::group_commit::{self, WriteStage};
 use trustmesh_store::{Db, StoreConfig, StoreError};
-use trustmesh_telemetry::{MetricsRegistry, StageLatency};
+use trustmesh_telemetry::MetricsRegistry;
 
 pub use service::PaymentService;
 pub use store::{NewPayment, Payment, PaymentFilter, PaymentStatus, PaymentStore, Rollback};
@@ -105,15 +104,7 @@ pub async fn start(
     let metrics = MetricsRegistry::new();
     // Each write's time queued, committing and waiting for the log's sync,
     // on `/metrics`.
-    let db = db.with_write_timing(
-        StageLatency::register(
-            &metrics,
-            group_commit::WRITE_STAGES_METRIC,
-            group_commit::WRITE_STAGES_HELP,
-            &WriteStage::NAMES,
-        )
-        .into_observer(),
-    );
+    let db = db.with_write_metrics(&metrics);
     let store = PaymentStore::new(db.clone());
     // The relay's writes go through the store's writer: on SQLite they then
     // never stall a payment in the busy handler.

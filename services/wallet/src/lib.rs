@@ -26,9 +26,8 @@ use trustmesh_events::{Outbox, Pipeline};
 use trustmesh_policy::{PolicyEngine, SubjectResolver};
 use trustmesh_proto::trustmesh::wallet::v1::wallet_server::WalletServer;
 use trustmesh_runtime::{Directory, GrpcServer, MeshClient, RunningServer, RuntimeError, Shutdown};
-use trustmesh_store::group_commit::{self, WriteStage};
 use trustmesh_store::{Db, StoreConfig, StoreError};
-use trustmesh_telemetry::{MetricsRegistry, StageLatency};
+use trustmesh_telemetry::MetricsRegistry;
 
 pub use ledger::{LedgerError, NewDeposit, NewTransfer, Posted, TransferKind, TransferRecord};
 pub use service::WalletService;
@@ -97,15 +96,7 @@ pub async fn start(
     let metrics = MetricsRegistry::new();
     // Each write's time queued, committing and waiting for the log's sync,
     // on `/metrics`.
-    let db = db.with_write_timing(
-        StageLatency::register(
-            &metrics,
-            group_commit::WRITE_STAGES_METRIC,
-            group_commit::WRITE_STAGES_HELP,
-            &WriteStage::NAMES,
-        )
-        .into_observer(),
-    );
+    let db = db.with_write_metrics(&metrics);
     let store = WalletStore::new(db.clone());
     // The relay's writes go through the store's writer: on SQLite they then
     // never stall a posting in the busy handler.
