@@ -15,9 +15,8 @@ pub const HTTP: &str = "http_server_handling_seconds";
 pub const GRPC: &str = "grpc_server_handling_seconds";
 
 /// A service's group-commit writer: each write's time queued, committing
-/// and waiting for the log's sync, by stage
-/// (`trustmesh_store::group_commit::WRITE_STAGES_METRIC`).
-pub const DB_WRITE: &str = "db_write_stage_seconds";
+/// and waiting for the log's sync, by stage.
+pub const DB_WRITE: &str = trustmesh_store::group_commit::WRITE_STAGES_METRIC;
 
 /// One hop of a request: whose `/metrics`, which metric, which route.
 #[derive(Clone, Copy, Debug)]
@@ -58,10 +57,16 @@ impl Hop {
     }
 }
 
-/// The `/metrics` text of each hop's service, in the order of `hops`.
+/// The `/metrics` text of each hop's service, in the order of `hops` (one
+/// `GET` per service, however many of its hops are listed).
 pub async fn read(mesh: &Mesh, hops: &[Hop]) -> Vec<String> {
-    let mut texts = Vec::new();
-    for hop in hops {
+    let mut texts: Vec<String> = Vec::new();
+    for (i, hop) in hops.iter().enumerate() {
+        if let Some(earlier) = hops[..i].iter().position(|h| h.service == hop.service) {
+            let text = texts[earlier].clone();
+            texts.push(text);
+            continue;
+        }
         let (status, text) = crate::http_get(mesh.admin_addr(hop.service), "/metrics")
             .await
             .expect("GET /metrics");

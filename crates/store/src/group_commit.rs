@@ -170,9 +170,8 @@ pub enum WriteStage {
 }
 
 impl WriteStage {
-    /// Every stage, in the order a write passes them.
-    pub const ALL: [WriteStage; 3] = [WriteStage::Queue, WriteStage::Commit, WriteStage::Sync];
-    /// The names of [`WriteStage::ALL`], as [`WriteStage::as_str`] gives them.
+    /// The name of every stage ([`WriteStage::as_str`]), in the order a
+    /// write passes them.
     pub const NAMES: [&'static str; 3] = ["queue", "commit", "sync"];
 
     /// The stage's name (a metric label): `queue`, `commit` or `sync`.
@@ -192,10 +191,11 @@ pub const WRITE_STAGES_METRIC: &str = "db_write_stage_seconds";
 pub const WRITE_STAGES_HELP: &str = "Time a write through the database's group-commit writer spent queued, committing, and waiting for the log's sync";
 
 /// Receives how long one write waited in one stage, by the stage's name
-/// ([`WriteStage::as_str`]; see [`Db::with_write_timing`]). It is called on
-/// the writer's and the syncer's threads, once per write and stage: it
-/// must be quick (a histogram's `observe`).
-pub type WriteTiming = Arc<dyn Fn(&str, Duration) + Send + Sync>;
+/// ([`WriteStage::as_str`]; see [`Db::with_write_timing`]): the telemetry
+/// crate's stage observer. It is called on the writer's and the syncer's
+/// threads, once per write and stage: it must be quick (a histogram's
+/// `observe`).
+pub type WriteTiming = trustmesh_telemetry::latency::StageObserver;
 
 /// A [`WriteTiming`] that shows in `Debug` output.
 #[derive(Clone)]
