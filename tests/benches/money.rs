@@ -518,15 +518,19 @@ fn bench_backend(label: &str, envs: &[(&str, &str)]) {
             async move {
                 let from = pick(caller, n, 1, ACCOUNTS);
                 let to = (from + 1 + pick(caller, n, 2, ACCOUNTS - 1)) % ACCOUNTS;
+                // As the payment service sends them: the payment's id (a
+                // time-ordered UUID v7) is both the transfer id and its
+                // reference.
+                let payment_id = uuid::Uuid::now_v7().to_string();
                 client
                     .transfer(TransferRequest {
-                        transfer_id: uuid::Uuid::new_v4().to_string(),
+                        transfer_id: payment_id.clone(),
                         from_user_id: accounts[from].clone(),
                         to_user_id: accounts[to].clone(),
                         amount: 1 + pick(caller, n, 3, 100) as i64,
                         currency: "EUR".into(),
                         kind: "payment".into(),
-                        reference: "bench".into(),
+                        reference: payment_id,
                         outgoing_limit_24h: i64::MAX / 4,
                     })
                     .await
