@@ -175,6 +175,29 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
     );
 }
 
+/// The names of a process's threads, by how many there are of each.
+fn thread_names(pid: u64) -> std::collections::BTreeMap<String, usize> {
+    let mut names = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let comm = std::fs::read_to_string(task.unwrap().path().join("comm")).unwrap_or_default();
+        *names.entry(comm.trim().to_owned()).or_insert(0) += 1;
+    }
+    names
+}
+
+#[test]
+fn up_gives_every_service_the_worker_threads_asked_for() {
+    let mesh = Mesh::start(&["--worker-threads", "3"]);
+    for (name, service) in mesh.endpoints["services"].as_object().unwrap() {
+        let names = thread_names(service["pid"].as_u64().unwrap());
+        assert_eq!(
+            names.get("tokio-rt-worker"),
+            Some(&3),
+            "{name}'s threads: {names:?}"
+        );
+    }
+}
+
 #[test]
 fn configuration_errors_are_one_clear_line() {
     let check = |args: &[&str], envs: &[(&str, &str)], expect: &str| {
@@ -209,6 +232,11 @@ fn configuration_errors_are_one_clear_line() {
         &["up", "--data-dir", data, "--svid-ttl", "soon"],
         &[],
         "--svid-ttl",
+    );
+    check(
+        &["up", "--data-dir", data],
+        &[("TRUSTMESH_WORKER_THREADS", "many")],
+        "--worker-threads",
     );
 
     let file = dir.path().join("a-file");

@@ -101,6 +101,17 @@ pub struct ServeArgs {
     /// Workload API address (`unix:/path`).
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
     spiffe_endpoint_socket: Option<String>,
+    /// Worker threads of the async runtime; 0 means one per core. `up`
+    /// gives each service its share of the machine's cores.
+    #[arg(long, env = "TRUSTMESH_WORKER_THREADS", default_value_t = 0)]
+    worker_threads: usize,
+}
+
+impl ServeArgs {
+    /// The async runtime's worker threads, when set (else one per core).
+    pub fn worker_threads(&self) -> Option<usize> {
+        (self.worker_threads > 0).then_some(self.worker_threads)
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
