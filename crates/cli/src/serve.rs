@@ -101,8 +101,7 @@ pub struct ServeArgs {
     /// Workload API address (`unix:/path`).
     #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
     spiffe_endpoint_socket: Option<String>,
-    /// Worker threads of the async runtime; 0 means one per core. `up`
-    /// gives each service its share of the machine's cores.
+    /// Worker threads of the async runtime; 0 means one per core.
     #[arg(long, env = "TRUSTMESH_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
 }

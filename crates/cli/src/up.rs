@@ -50,21 +50,10 @@ pub struct UpArgs {
     /// base+2i and base+2i+1); 0 picks free ports.
     #[arg(long, env = "TRUSTMESH_PORT_BASE", default_value_t = 7400)]
     port_base: u16,
-    /// Worker threads of each service's async runtime; 0 gives each
-    /// service its share of the machine's cores (one on up to 3 cores).
+    /// Worker threads of each service's async runtime; 0 means one per
+    /// core.
     #[arg(long, env = "TRUSTMESH_WORKER_THREADS", default_value_t = 0)]
     worker_threads: usize,
-}
-
-/// The worker threads of each service's runtime when `up` runs them all on
-/// one machine: its share of the cores, counting that the busiest services
-/// use about twice theirs, and at least one (2 cores: one each; 4: two;
-/// 8: three). With tokio's default of one per core, every service's idle
-/// workers kept waking up to steal work another worker already had: on 2
-/// cores the money benchmark made 15 % more payments per second with one
-/// worker per service (README, Performance).
-fn worker_threads_per_service(cores: usize, services: usize) -> usize {
-    (2 * cores).div_ceil(services.max(1)).max(1)
 }
 
 /// `<data-dir>/endpoints.json`: where everything runs.
@@ -128,13 +117,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
     let exe = std::env::current_exe().context("cannot find the trustmesh binary")?;
-    let worker_threads = match args.worker_threads {
-        0 => worker_threads_per_service(
-            std::thread::available_parallelism().map_or(1, usize::from),
-            SERVICES.len(),
-        ),
-        n => n,
-    };
     let mut supervisors = Vec::new();
     for (index, name) in SERVICES.iter().enumerate() {
         let (grpc, admin) = ports[index];
@@ -155,7 +137,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 "--https-addr".into(),
                 args.gateway_addr.to_string(),
                 "--worker-threads".into(),
-                worker_threads.to_string(),
+                args.worker_threads.to_string(),
             ],
             socket: socket.clone(),
         };
@@ -420,23 +402,4 @@ fn print_summary(data_dir: &Path, endpoints: &Endpoints, endpoints_path: &Path) 
     println!("  workload API {}", endpoints.workload_api);
     println!("  endpoints   {}", endpoints_path.display());
     println!("press Ctrl-C to stop");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::worker_threads_per_service;
-
-    #[test]
-    fn each_service_gets_its_share_of_the_cores() {
-        let services = super::SERVICES.len();
-        assert_eq!(services, 6, "the shares below assume six services");
-        for (cores, threads) in [(1, 1), (2, 1), (3, 1), (4, 2), (8, 3), (16, 6), (64, 22)] {
-            assert_eq!(
-                worker_threads_per_service(cores, services),
-                threads,
-                "{cores} cores"
-            );
-        }
-        assert_eq!(worker_threads_per_service(4, 0), 8);
-    }
 }
