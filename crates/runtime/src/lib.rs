@@ -20,6 +20,7 @@ pub mod latency;
 mod retry;
 mod server;
 mod shutdown;
+mod store_status;
 mod subject;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -33,6 +34,7 @@ pub use hooks::Hooks;
 pub use retry::RetryUnprocessed;
 pub use server::{GrpcServer, RunningServer, ServerAddrs};
 pub use shutdown::{Shutdown, shutdown_signal};
+pub use store_status::store_status;
 pub use subject::{
     JwtSubjects, SESSION_CHECK_TTL, TOKEN_AUDIENCE, TOKEN_ISSUER, auth_verifier, bearer_token,
     subject_from_claims,

@@ -90,14 +90,7 @@ fn status(code: tonic::Code, reason: &str, message: &str) -> Status {
 }
 
 fn internal(e: StoreError) -> Status {
-    if let Some(message) = e.unavailable_message() {
-        // Busy, or the outcome of a write is unknown (the writer logged
-        // why, and the service is stopping to recover its database).
-        tracing::warn!(error = %e, "auth store unavailable");
-        return Status::unavailable(message);
-    }
-    tracing::error!(error = %e, "auth store failed");
-    Status::internal("storage failure")
+    trustmesh_runtime::store_status("auth", &e)
 }
 
 fn invalid_credentials() -> Status {

@@ -436,14 +436,7 @@ fn internal(e: StoreError) -> Status {
         // the service, is what cannot go on.
         return Status::failed_precondition(format!("limit_exceeded: {why}"));
     }
-    if let Some(message) = e.unavailable_message() {
-        // Busy, or the outcome of a write is unknown (the writer logged
-        // why, and the service is stopping to recover its database).
-        tracing::warn!(error = %e, "payment store unavailable");
-        return Status::unavailable(message);
-    }
-    tracing::error!(error = %e, "payment store failed");
-    Status::internal("storage failure")
+    trustmesh_runtime::store_status("payment", &e)
 }
 
 /// `value` as a canonical (lowercase, hyphenated) UUID.

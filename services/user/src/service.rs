@@ -88,14 +88,7 @@ impl UserService {
 }
 
 fn internal(e: StoreError) -> Status {
-    if let Some(message) = e.unavailable_message() {
-        // Busy, or the outcome of a write is unknown (the writer logged
-        // why, and the service is stopping to recover its database).
-        tracing::warn!(error = %e, "user store unavailable");
-        return Status::unavailable(message);
-    }
-    tracing::error!(error = %e, "user store failed");
-    Status::internal("storage failure")
+    trustmesh_runtime::store_status("user", &e)
 }
 
 fn to_profile(row: ProfileRow) -> Profile {

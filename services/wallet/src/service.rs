@@ -155,14 +155,7 @@ pub fn ledger_status(e: LedgerError) -> Status {
 }
 
 fn internal(e: StoreError) -> Status {
-    if let Some(message) = e.unavailable_message() {
-        // Busy, or the outcome of a write is unknown (the writer logged
-        // why, and the service is stopping to recover its database).
-        tracing::warn!(error = %e, "wallet store unavailable");
-        return Status::unavailable(message);
-    }
-    tracing::error!(error = %e, "wallet store failed");
-    Status::internal("storage failure")
+    trustmesh_runtime::store_status("wallet", &e)
 }
 
 /// `value` as a canonical (lowercase, hyphenated) UUID.
