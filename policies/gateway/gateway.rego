@@ -33,6 +33,7 @@ rest_public_routes := {
 	"POST /api/v1/auth/login/mfa",
 	"POST /api/v1/auth/refresh",
 	"GET /.well-known/jwks.json",
+	"GET /api/v1/openapi.json",
 }
 
 # A signed-in user's own account and sessions.

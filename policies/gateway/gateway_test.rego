@@ -73,9 +73,15 @@ test_rest_public_routes_allowed_without_subject if {
 		"POST /api/v1/auth/login/mfa",
 		"POST /api/v1/auth/refresh",
 		"GET /.well-known/jwks.json",
+		"GET /api/v1/openapi.json",
 	] {
 		gateway.decision == allowed with input as rest(route, null)
 	}
+}
+
+test_rest_openapi_document_is_read_only if {
+	d := gateway.decision with input as rest("POST /api/v1/openapi.json", null)
+	d == {"allow": false, "reason": "unknown_method"}
 }
 
 test_rest_user_routes_allowed_with_mfa if {

@@ -68,6 +68,17 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
         "{}",
         missing.body
     );
+    // The API's description, to anyone, the same as `trustmesh openapi` prints.
+    let served = rt
+        .block_on(https_get(mesh.gateway_addr(), "/api/v1/openapi.json", &ca))
+        .unwrap();
+    assert_eq!(served.status, 200, "{served:?}");
+    let (code, printed, err) = run_cli(&["openapi"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let served: serde_json::Value = serde_json::from_str(&served.body).unwrap();
+    let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(served, printed);
+    assert!(served["paths"]["/api/v1/payments"]["post"].is_object());
 
     // gRPC health over mTLS with an SVID minted from the mesh's CA.
     let svid_dir = mesh.dir.path().join("probe");
@@ -302,6 +313,7 @@ fn every_command_answers_help() {
         &["identity", "fetch", "--help"],
         &["policy", "--help"],
         &["policy", "test", "--help"],
+        &["openapi", "--help"],
     ];
     for args in commands {
         let (code, out, err) = run_cli(args, &[]);

@@ -65,6 +65,9 @@ enum Command {
     Payment(payment::PaymentArgs),
     /// Payment agents: deposit into a user's wallet over mTLS.
     Agent(agent::AgentArgs),
+    /// Print the REST API's OpenAPI 3.1 document (JSON), the one the
+    /// gateway serves at /api/v1/openapi.json.
+    Openapi,
 }
 
 /// Help and version go out as clap prints them; a usage or configuration
@@ -91,6 +94,13 @@ fn usage_error(e: clap::Error) -> ExitCode {
         .unwrap_or("error: invalid arguments");
     eprintln!("trustmesh: {line} (see --help)");
     ExitCode::from(2)
+}
+
+/// `trustmesh openapi`: the document on standard output.
+fn print_openapi() -> anyhow::Result<ExitCode> {
+    let json = trustmesh_gateway::api::openapi::document().to_pretty_json()?;
+    println!("{json}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -123,6 +133,7 @@ fn main() -> ExitCode {
             Command::Wallet(args) => wallet::run(args).await,
             Command::Payment(args) => payment::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Openapi => print_openapi(),
         }
     });
     match result {

@@ -23,6 +23,7 @@ use trustmesh_telemetry::{Readiness, RouteLatency};
 
 use crate::GatewayError;
 use crate::api::Api;
+use crate::api::errors::ApiError;
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -127,12 +128,8 @@ async fn method_not_allowed() -> Response {
 }
 
 /// An error response in the mesh's JSON shape `{"error": {"code", "message"}}`.
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    ApiError::new(status, code, message).into_response()
 }
 
 async fn security_headers(mut response: Response) -> Response {

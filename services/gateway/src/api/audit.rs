@@ -10,29 +10,39 @@ use serde::{Deserialize, Serialize};
 use trustmesh_proto::trustmesh::audit::v1::{
     ListEventsReply, ListEventsRequest, StoredEvent, VerifyRequest,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
 use super::errors::ApiError;
 use super::session::{Caller, RequestInfo, grpc_request};
 
 /// Filters of `GET /api/v1/audit/events` and `/decisions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventQuery {
+    /// Events about or by this user.
     #[serde(default)]
     user: Option<String>,
+    /// One action (`LOGIN`, `ROLE_CHANGED`, `POLICY_DENY`, …).
     #[serde(default)]
     action: Option<String>,
+    /// `SUCCESS` or `FAIL`.
     #[serde(default)]
     status: Option<String>,
+    /// The client's IP address.
     #[serde(default)]
     ip: Option<String>,
+    /// From this time on (RFC 3339).
     #[serde(default)]
     since: Option<String>,
+    /// Before this time (RFC 3339).
     #[serde(default)]
     until: Option<String>,
+    /// Events per page.
     #[serde(default)]
     limit: Option<u32>,
+    /// The `next` of the previous page.
     #[serde(default)]
     page: Option<String>,
 }
@@ -52,8 +62,10 @@ impl EventQuery {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One event of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
 struct EventView {
+    /// Its place in the log.
     seq: u64,
     id: String,
     time: String,
@@ -66,7 +78,32 @@ struct EventView {
     client_ip: Option<String>,
     user_agent: Option<String>,
     request_id: Option<String>,
+    /// What the event says beyond the fields above (per action).
+    #[schema(value_type = Object)]
     details: serde_json::Value,
+}
+
+/// One page of events, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct EventPage {
+    events: Vec<EventView>,
+    /// For `page=` to get the next page; absent on the last one.
+    next: Option<String>,
+}
+
+/// What a verification of the whole log found.
+#[derive(Debug, Serialize, ToSchema)]
+struct VerifyView {
+    /// Whether every entry, the hash chain and the Merkle tree agree.
+    ok: bool,
+    /// Events covered, those removed by retention included.
+    size: u64,
+    /// The Merkle tree's root (hex), if the log has entries.
+    root: Option<String>,
+    /// The latest signed checkpoint (a C2SP signed note).
+    checkpoint: Option<String>,
+    /// The first thing found wrong, if any.
+    error: Option<String>,
 }
 
 fn view(stored: StoredEvent) -> Option<EventView> {
@@ -92,9 +129,18 @@ fn view(stored: StoredEvent) -> Option<EventView> {
 fn page(reply: ListEventsReply) -> Response {
     let events: Vec<EventView> = reply.events.into_iter().filter_map(view).collect();
     let next = Some(reply.next_page_token).filter(|n| !n.is_empty());
-    Json(serde_json::json!({"events": events, "next": next})).into_response()
+    Json(EventPage { events, next }).into_response()
 }
 
+/// Lists events of the audit log (audit, admin)
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/events",
+    operation_id = "list_audit_events",
+    tag = "audit",
+    params(EventQuery),
+    responses((status = OK, description = "one page of events", body = EventPage))
+)]
 pub(crate) async fn list_events(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -104,6 +150,15 @@ pub(crate) async fn list_events(
     list(&api, &info, &caller, query, false).await
 }
 
+/// Lists the policy denies of the audit log (audit, admin)
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/decisions",
+    operation_id = "list_audit_decisions",
+    tag = "audit",
+    params(EventQuery),
+    responses((status = OK, description = "one page of `POLICY_DENY` events", body = EventPage))
+)]
 pub(crate) async fn list_decisions(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -132,6 +187,14 @@ async fn list(
     Ok(page(reply))
 }
 
+/// Verifies the whole audit log (audit, admin)
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit/verify",
+    operation_id = "verify_audit_log",
+    tag = "audit",
+    responses((status = OK, description = "what the verification found", body = VerifyView))
+)]
 pub(crate) async fn verify(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -139,12 +202,12 @@ pub(crate) async fn verify(
 ) -> Result<Response, ApiError> {
     let request = grpc_request(VerifyRequest {}, &info, Some(&caller), api.timeout());
     let reply = api.call(api.audit()?.verify(request)).await?;
-    Ok(Json(serde_json::json!({
-        "ok": reply.ok,
-        "size": reply.size,
-        "root": Some(reply.root).filter(|r| !r.is_empty()),
-        "checkpoint": Some(reply.checkpoint).filter(|c| !c.is_empty()),
-        "error": Some(reply.error).filter(|e| !e.is_empty()),
-    }))
+    Ok(Json(VerifyView {
+        ok: reply.ok,
+        size: reply.size,
+        root: Some(reply.root).filter(|r| !r.is_empty()),
+        checkpoint: Some(reply.checkpoint).filter(|c| !c.is_empty()),
+        error: Some(reply.error).filter(|e| !e.is_empty()),
+    })
     .into_response())
 }

@@ -14,30 +14,55 @@ use trustmesh_proto::trustmesh::auth::v1::{
     LoginMfaRequest, LoginRequest, LogoutRequest, RefreshRequest, RegisterRequest,
     RevokeSessionRequest, TokenReply,
 };
+use utoipa::ToSchema;
 
 use super::Api;
-use super::errors::{ApiError, ApiJson, MaybeJson};
+use super::errors::{ApiError, ApiJson, ErrorBody, MaybeJson};
 use super::session::{
     Caller, REFRESH_COOKIE, RequestInfo, clear_session_cookies, cookie, grpc_request,
     is_web_client, new_csrf_token, set_session_cookies,
 };
 
 /// `POST /auth/register` and `POST /auth/login`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
+    /// The account's email address (compared without regard to case).
+    #[schema(example = "ada@example.com")]
     email: String,
+    /// 12 to 128 characters, not a commonly breached password, not
+    /// containing the email's local part.
+    #[schema(format = Password)]
     password: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A registration waiting for its first TOTP code.
+#[derive(Debug, Serialize, ToSchema)]
 struct Registered {
     user_id: String,
+    /// Names this registration in `POST /auth/register/confirm`.
     enrollment_token: String,
+    /// The TOTP secret for an authenticator app (RFC 6238); shown only now.
     otpauth_uri: String,
+    /// The same URI as a QR code (an SVG document).
     qr_svg: String,
 }
 
+/// Registers an account and starts its TOTP enrolment
+///
+/// The account can sign in once `POST /auth/register/confirm` has one
+/// valid code from the authenticator app.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = CREATED, description = "the account, not yet usable, and its TOTP enrolment", body = Registered),
+        (status = CONFLICT, description = "`email_taken`: an account has this email", body = ErrorBody),
+        (status = UNPROCESSABLE_ENTITY, description = "`weak_password`, `invalid_email`, …: which rule the email or password breaks", body = ErrorBody),
+    )
+)]
 pub(crate) async fn register(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -62,13 +87,37 @@ pub(crate) async fn register(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /auth/register/confirm`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Confirm {
+    /// From the registration's answer.
     enrollment_token: String,
+    /// The authenticator app's current six-digit code.
+    #[schema(example = "123456")]
     code: String,
 }
 
+/// The ten single-use recovery codes of a confirmed account.
+#[derive(Debug, Serialize, ToSchema)]
+struct RecoveryCodes {
+    /// Shown once; each opens one session in place of a TOTP code.
+    recovery_codes: Vec<String>,
+}
+
+/// Confirms a registration with its first TOTP code
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register/confirm",
+    operation_id = "confirm_registration",
+    tag = "auth",
+    request_body = Confirm,
+    responses(
+        (status = OK, description = "the account is usable; its recovery codes", body = RecoveryCodes),
+        (status = UNAUTHORIZED, description = "`invalid_code` or `code_replayed`", body = ErrorBody),
+        (status = NOT_FOUND, description = "`enrollment_not_found`: unknown or expired enrolment token", body = ErrorBody),
+    )
+)]
 pub(crate) async fn confirm(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -84,9 +133,37 @@ pub(crate) async fn confirm(
                 .confirm_registration(grpc_request(request, &info, None, api.timeout())),
         )
         .await?;
-    Ok(Json(serde_json::json!({"recovery_codes": reply.recovery_codes})).into_response())
+    Ok(Json(RecoveryCodes {
+        recovery_codes: reply.recovery_codes,
+    })
+    .into_response())
 }
 
+/// The password step's answer: a ticket for the MFA step, never a session.
+#[derive(Debug, Serialize, ToSchema)]
+struct MfaTicket {
+    mfa_ticket: String,
+    /// Seconds the ticket stays valid.
+    expires_in: i64,
+}
+
+/// Checks the password: the first of the two login steps
+///
+/// An unknown email and a wrong password get the same answer.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = Credentials,
+    responses(
+        (status = OK, description = "the password is right; now `POST /auth/login/mfa`", body = MfaTicket),
+        (status = UNAUTHORIZED, description = "`invalid_credentials`", body = ErrorBody),
+        (status = FORBIDDEN, description = "`account_not_confirmed`: the TOTP enrolment is not confirmed yet", body = ErrorBody),
+        (status = LOCKED, description = "`account_locked`: too many failed attempts", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the lock ends"))),
+        (status = TOO_MANY_REQUESTS, description = "`too_many_attempts`: too many failed logins from this address", body = ErrorBody),
+    )
+)]
 pub(crate) async fn login(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -102,23 +179,46 @@ pub(crate) async fn login(
                 .login(grpc_request(request, &info, None, api.timeout())),
         )
         .await?;
-    Ok(Json(serde_json::json!({
-        "mfa_ticket": reply.mfa_ticket,
-        "expires_in": reply.expires_in_seconds,
-    }))
+    Ok(Json(MfaTicket {
+        mfa_ticket: reply.mfa_ticket,
+        expires_in: reply.expires_in_seconds,
+    })
     .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /auth/login/mfa`: the ticket and exactly one of `code` and
+/// `recovery_code`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LoginMfa {
+    /// From the password step.
     mfa_ticket: String,
+    /// The authenticator app's current code.
     #[serde(default)]
     code: Option<String>,
+    /// One of the account's unused recovery codes.
     #[serde(default)]
     recovery_code: Option<String>,
 }
 
+/// Completes the login with a TOTP or recovery code and opens a session
+///
+/// API clients get the tokens in the body. A browser (header
+/// `x-trustmesh-client: web`) gets them in `HttpOnly` cookies and a CSRF
+/// token to send back in `x-csrf-token` with every state-changing request.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login/mfa",
+    tag = "auth",
+    request_body = LoginMfa,
+    params(("x-trustmesh-client" = Option<String>, Header, description = "`web` for a browser session in cookies")),
+    responses(
+        (status = OK, description = "a new session", body = SessionAnswer),
+        (status = UNAUTHORIZED, description = "`invalid_code`, `code_replayed`, or a ticket that is unknown, expired or used up", body = ErrorBody),
+        (status = LOCKED, description = "`account_locked`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the lock ends"))),
+    )
+)]
 pub(crate) async fn login_mfa(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -149,12 +249,31 @@ pub(crate) async fn login_mfa(
     session_response(reply, is_web_client(&headers))
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /auth/refresh` from an API client.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Refresh {
+    /// The session's current refresh token; each is good for one use.
     refresh_token: String,
 }
 
+/// Rotates a session's tokens
+///
+/// The refresh token comes in the body, or for a browser in the
+/// `tm_refresh` cookie (then with the CSRF header). A refresh token used a
+/// second time ends its whole session.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/refresh",
+    operation_id = "refresh_session",
+    tag = "auth",
+    request_body(content = Option<Refresh>, description = "absent for a browser, whose token is in its cookie"),
+    responses(
+        (status = OK, description = "the session's new tokens", body = SessionAnswer),
+        (status = BAD_REQUEST, description = "no refresh token in the body or the cookie", body = ErrorBody),
+        (status = UNAUTHORIZED, description = "the token is unknown, used or its session ended", body = ErrorBody),
+    )
+)]
 pub(crate) async fn refresh(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -194,23 +313,40 @@ pub(crate) async fn refresh(
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A session as an API client gets it.
+#[derive(Debug, Serialize, ToSchema)]
 struct ApiSession {
+    /// An EdDSA-signed JWT for `Authorization: Bearer`.
     access_token: String,
+    /// For `POST /auth/refresh`, once.
     refresh_token: String,
+    /// Seconds the access token stays valid.
     expires_in: i64,
     session_id: String,
     user_id: String,
     role: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A session as a browser gets it: the tokens are in `HttpOnly` cookies.
+#[derive(Debug, Serialize, ToSchema)]
 struct WebSession {
     user_id: String,
     role: String,
     session_id: String,
+    /// Seconds the access token stays valid.
     expires_in: i64,
+    /// Also in the `tm_csrf` cookie: send it in `x-csrf-token`.
     csrf_token: String,
+}
+
+/// A new session, in the shape the client asked for.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum SessionAnswer {
+    /// An API client's.
+    Api(ApiSession),
+    /// A browser's.
+    Web(WebSession),
 }
 
 /// A new session: tokens in the body for API clients; for browsers, tokens
@@ -221,14 +357,14 @@ fn session_response(reply: TokenReply, web: bool) -> Result<Response, ApiError> 
         return Err(ApiError::upstream("the session could not be opened"));
     }
     if !web {
-        return Ok(Json(ApiSession {
+        return Ok(Json(SessionAnswer::Api(ApiSession {
             access_token: reply.access_token,
             refresh_token: reply.refresh_token,
             expires_in: reply.expires_in_seconds,
             session_id: reply.session_id,
             user_id: reply.user_id,
             role: reply.role,
-        })
+        }))
         .into_response());
     }
     let csrf_token = new_csrf_token();
@@ -240,13 +376,13 @@ fn session_response(reply: TokenReply, web: bool) -> Result<Response, ApiError> 
         &reply.refresh_token,
         &csrf_token,
     )?;
-    let body = WebSession {
+    let body = SessionAnswer::Web(WebSession {
         user_id: reply.user_id,
         role: reply.role,
         session_id: reply.session_id,
         expires_in: reply.expires_in_seconds,
         csrf_token,
-    };
+    });
     Ok((headers, Json(body)).into_response())
 }
 
@@ -257,6 +393,13 @@ fn no_content_clearing_cookies() -> Response {
     response
 }
 
+/// Ends the caller's session
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    responses((status = NO_CONTENT, description = "the session is over; a browser's cookies are deleted"))
+)]
 pub(crate) async fn logout(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -285,16 +428,31 @@ pub(crate) async fn logout(
     }
 }
 
-#[derive(Debug, Serialize)]
+/// One of the caller's sessions.
+#[derive(Debug, Serialize, ToSchema)]
 struct SessionView {
     session_id: String,
     created_at: String,
     last_seen_at: String,
     client_ip: String,
     user_agent: String,
+    /// Whether this is the session of the request.
     current: bool,
 }
 
+/// The caller's open sessions.
+#[derive(Debug, Serialize, ToSchema)]
+struct Sessions {
+    sessions: Vec<SessionView>,
+}
+
+/// Lists the caller's open sessions
+#[utoipa::path(
+    get,
+    path = "/api/v1/auth/sessions",
+    tag = "auth",
+    responses((status = OK, description = "the open sessions", body = Sessions))
+)]
 pub(crate) async fn list_sessions(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -320,9 +478,20 @@ pub(crate) async fn list_sessions(
             current: s.current,
         })
         .collect();
-    Ok(Json(serde_json::json!({ "sessions": sessions })).into_response())
+    Ok(Json(Sessions { sessions }).into_response())
 }
 
+/// Ends one of the caller's sessions
+#[utoipa::path(
+    delete,
+    path = "/api/v1/auth/sessions/{sid}",
+    tag = "auth",
+    params(("sid" = String, Path, description = "the session's id")),
+    responses(
+        (status = NO_CONTENT, description = "the session is over"),
+        (status = NOT_FOUND, description = "the caller has no such session", body = ErrorBody),
+    )
+)]
 pub(crate) async fn revoke_session(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -348,13 +517,29 @@ pub(crate) async fn revoke_session(
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /auth/password`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChangePassword {
+    #[schema(format = Password)]
     current_password: String,
+    /// The same rules as at registration.
+    #[schema(format = Password)]
     new_password: String,
 }
 
+/// Changes the caller's password and ends their other sessions
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/password",
+    tag = "auth",
+    request_body = ChangePassword,
+    responses(
+        (status = NO_CONTENT, description = "changed; every other session is over"),
+        (status = FORBIDDEN, description = "`wrong_password`: the current password is wrong", body = ErrorBody),
+        (status = UNPROCESSABLE_ENTITY, description = "the new password breaks a rule (`weak_password`, …)", body = ErrorBody),
+    )
+)]
 pub(crate) async fn change_password(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -375,8 +560,27 @@ pub(crate) async fn change_password(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// The JSON Web Key Set of `GET /.well-known/jwks.json` (RFC 7517), as the
+/// auth service publishes it: checked for its shape, passed on as is.
+#[derive(Debug, Deserialize, ToSchema)]
+struct JwkSet {
+    /// Ed25519 public keys (`kty` `OKP`, `crv` `Ed25519`), each with its `kid`.
+    #[schema(value_type = Vec<Object>)]
+    keys: Vec<serde_json::Value>,
+}
+
+/// The public keys that verify access tokens
+///
 /// `GET /.well-known/jwks.json`: the auth service's JWKS as is, cacheable
-/// for 5 minutes.
+/// for 5 minutes. An old key stays until its tokens have expired.
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    operation_id = "get_jwks",
+    tag = "auth",
+    responses((status = OK, description = "the key set", body = JwkSet,
+        headers(("Cache-Control" = String, description = "`public, max-age=300`"))))
+)]
 pub(crate) async fn jwks(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -387,8 +591,10 @@ pub(crate) async fn jwks(
                 .get_jwks(grpc_request(GetJwksRequest {}, &info, None, api.timeout())),
         )
         .await?;
-    if serde_json::from_str::<serde::de::IgnoredAny>(&reply.jwks_json).is_err() {
-        tracing::error!("the auth service returned a JWKS that is not JSON");
+    let usable =
+        serde_json::from_str::<JwkSet>(&reply.jwks_json).is_ok_and(|set| !set.keys.is_empty());
+    if !usable {
+        tracing::error!("the auth service returned a JWKS that is not a key set with keys");
         return Err(ApiError::upstream("the key set is unavailable"));
     }
     Ok((

@@ -30,8 +30,10 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::Code;
+use utoipa::ToSchema;
 
 /// The gRPC metadata carrying a policy's deny reason (set by the services'
 /// policy layer).
@@ -53,6 +55,24 @@ pub const UNAVAILABLE_REASONS: [&str; 4] = [
 
 /// Longest service message passed on to the client.
 const MAX_MESSAGE: usize = 500;
+
+/// The body of every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The `error` of an [`ErrorBody`].
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable snake_case code a client can act on (`weak_password`,
+    /// `token_expired`, `limit_exceeded`, …).
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    /// A human explanation; it may change between versions.
+    pub message: String,
+}
 
 /// An error answer of the REST API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +260,12 @@ impl From<tonic::Status> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into_owned(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(value) = self
             .retry_after

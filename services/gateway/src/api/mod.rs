@@ -35,6 +35,11 @@
 //! | `GET /api/v1/payments/{id}` | `Payment/GetPayment` (payer, receiver, finance, audit) |
 //! | `GET /api/v1/finance/transactions?user&since&until&min_amount&max_amount&status&limit&page` | `Payment/ListTransactions` (finance) |
 //! | `POST /api/v1/finance/transactions/{id}/rollback` | `Payment/Rollback` (finance) |
+//! | `GET /api/v1/openapi.json` | none: this API's OpenAPI 3.1 description ([`openapi`]) |
+//!
+//! The router is made from the handlers' OpenAPI annotations
+//! ([`utoipa_axum`]), so every route served is described and every route
+//! described is served.
 //!
 //! Every route the policy refuses is a `POLICY_DENY` event (the deny hook
 //! set with [`Api::with_deny_hook`]).
@@ -42,6 +47,7 @@
 mod audit;
 mod auth;
 pub mod errors;
+pub mod openapi;
 pub mod payments;
 pub mod session;
 mod users;
@@ -53,7 +59,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
 use trustmesh_policy::{DenyHook, PolicyEngine};
 use trustmesh_proto::trustmesh::audit::v1::audit_client::AuditClient;
 use trustmesh_proto::trustmesh::auth::v1::auth_client::AuthClient;
@@ -62,6 +67,8 @@ use trustmesh_proto::trustmesh::user::v1::user_client::UserClient;
 use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_runtime::MeshChannel;
 use trustmesh_tokens::Verifier;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::errors::ApiError;
 use self::session::{RecentlyEnded, TrustedProxies};
@@ -245,43 +252,43 @@ impl Api {
 
 /// The REST routes with their guard and body limit.
 pub fn routes(api: Api) -> Router {
-    Router::new()
-        .route("/api/v1/auth/register", post(auth::register))
-        .route("/api/v1/auth/register/confirm", post(auth::confirm))
-        .route("/api/v1/auth/login", post(auth::login))
-        .route("/api/v1/auth/login/mfa", post(auth::login_mfa))
-        .route("/api/v1/auth/refresh", post(auth::refresh))
-        .route("/api/v1/auth/logout", post(auth::logout))
-        .route("/api/v1/auth/sessions", get(auth::list_sessions))
-        .route("/api/v1/auth/sessions/{sid}", delete(auth::revoke_session))
-        .route("/api/v1/auth/password", post(auth::change_password))
-        .route("/.well-known/jwks.json", get(auth::jwks))
-        .route(
-            "/api/v1/users/me",
-            get(users::get_me)
-                .patch(users::update_me)
-                .delete(users::delete_me),
-        )
-        .route("/api/v1/users", get(users::list_users))
-        .route("/api/v1/users/{id}/role", post(users::set_role))
-        .route("/api/v1/teams", post(users::create_team))
-        .route("/api/v1/teams/{id}/members", post(users::add_team_member))
-        .route("/api/v1/audit/events", get(audit::list_events))
-        .route("/api/v1/audit/decisions", get(audit::list_decisions))
-        .route("/api/v1/audit/verify", get(audit::verify))
-        .route("/api/v1/wallet", get(wallet::balance))
-        .route("/api/v1/wallet/transactions", get(wallet::transactions))
-        .route("/api/v1/payments", post(payments::create))
-        .route("/api/v1/payments/{id}", get(payments::get))
-        .route("/api/v1/finance/transactions", get(payments::list))
-        .route(
-            "/api/v1/finance/transactions/{id}/rollback",
-            post(payments::rollback),
-        )
+    let (router, _) = described_routes().split_for_parts();
+    router
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             session::guard,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(api)
+}
+
+/// Every route with its OpenAPI description: the one list that both the
+/// router of [`routes`] and the document of [`openapi::document`] come from.
+fn described_routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(auth::register))
+        .routes(routes!(auth::confirm))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::login_mfa))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(auth::list_sessions))
+        .routes(routes!(auth::revoke_session))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(auth::jwks))
+        .routes(routes!(users::get_me, users::update_me, users::delete_me))
+        .routes(routes!(users::list_users))
+        .routes(routes!(users::set_role))
+        .routes(routes!(users::create_team))
+        .routes(routes!(users::add_team_member))
+        .routes(routes!(audit::list_events))
+        .routes(routes!(audit::list_decisions))
+        .routes(routes!(audit::verify))
+        .routes(routes!(wallet::balance))
+        .routes(routes!(wallet::transactions))
+        .routes(routes!(payments::create))
+        .routes(routes!(payments::get))
+        .routes(routes!(payments::list))
+        .routes(routes!(payments::rollback))
+        .routes(routes!(openapi::serve))
 }

@@ -31,9 +31,10 @@ use trustmesh_proto::trustmesh::payment::v1::{
     CreatePaymentRequest, GetPaymentRequest, ListTransactionsRequest, PaymentRecord,
     RollbackRequest,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
-use super::errors::{ApiError, ApiJson};
+use super::errors::{ApiError, ApiJson, ErrorBody, ErrorDetail};
 use super::session::{Caller, RequestInfo, grpc_request};
 
 /// The header naming a payment's idempotency key.
@@ -44,66 +45,111 @@ pub const REPLAYED: &str = "idempotent-replayed";
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// The body of `POST /api/v1/payments`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewPayment {
+    /// The user who gets the money.
     receiver_id: String,
+    /// Minor units (cents), more than 0.
+    #[schema(example = 1250)]
     amount: i64,
+    /// ISO 4217 code.
+    #[schema(example = "EUR")]
     currency: String,
 }
 
 /// The body of `POST /api/v1/finance/transactions/{id}/rollback`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RollbackBody {
+    /// Why, for the audit log.
     reason: String,
 }
 
 /// Filters of `GET /api/v1/finance/transactions`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct FinanceQuery {
+    /// Payments this user made or received.
     #[serde(default)]
     user: Option<String>,
+    /// From this time on (RFC 3339).
     #[serde(default)]
     since: Option<String>,
+    /// Before this time (RFC 3339).
     #[serde(default)]
     until: Option<String>,
+    /// At least this many minor units.
     #[serde(default)]
     min_amount: Option<i64>,
+    /// At most this many minor units.
     #[serde(default)]
     max_amount: Option<i64>,
+    /// `PENDING`, `COMPLETED`, `FAILED` or `ROLLED_BACK`.
     #[serde(default)]
     status: Option<String>,
+    /// Payments per page.
     #[serde(default)]
     limit: Option<u32>,
+    /// The `next` of the previous page.
     #[serde(default)]
     page: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The rollback of a payment: who, when and why.
+#[derive(Debug, Serialize, ToSchema)]
 struct RollbackView {
     rollback_id: String,
     by_user_id: String,
     reason: String,
+    /// RFC 3339, UTC.
     created_at: String,
 }
 
-#[derive(Debug, Serialize)]
+/// A payment.
+#[derive(Debug, Serialize, ToSchema)]
 struct PaymentView {
     payment_id: String,
     payer_id: String,
     receiver_id: String,
+    /// Minor units (cents).
     amount: i64,
+    /// ISO 4217 code.
     currency: String,
+    /// `PENDING`, `COMPLETED`, `FAILED` or `ROLLED_BACK`.
     status: String,
+    /// Why a `FAILED` payment was refused (`insufficient_funds`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     failure_reason: Option<String>,
+    /// The payer's `Idempotency-Key` (shown to the payer).
     #[serde(skip_serializing_if = "Option::is_none")]
     idempotency_key: Option<String>,
     rollback: Option<RollbackView>,
+    /// RFC 3339, UTC.
     created_at: String,
+    /// RFC 3339, UTC.
     updated_at: String,
+}
+
+/// A conflict of `POST /payments`: a payment refused by the wallet and
+/// recorded as `FAILED` (with `payment`), or a key used for another
+/// payment (`idempotency_key_reused`, without).
+#[derive(Debug, Serialize, ToSchema)]
+struct PaymentRefused {
+    /// `insufficient_funds`, or the wallet's reason.
+    error: ErrorDetail,
+    /// The `FAILED` payment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payment: Option<PaymentView>,
+}
+
+/// One page of payments, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct PaymentPage {
+    payments: Vec<PaymentView>,
+    /// For `page=` to get the next page; absent on the last one.
+    next: Option<String>,
 }
 
 impl From<PaymentRecord> for PaymentView {
@@ -154,6 +200,32 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(key.to_owned())
 }
 
+/// Pays another user
+///
+/// The same `Idempotency-Key` with the same content returns the original
+/// answer (200, `Idempotent-Replayed: true`); with other content it is
+/// refused. The per-payment maximum and the payer's rolling 24 h volume
+/// are checked by policy.
+#[utoipa::path(
+    post,
+    path = "/api/v1/payments",
+    operation_id = "create_payment",
+    tag = "payments",
+    params(("Idempotency-Key" = String, Header, description = "1 to 255 printable characters, chosen by the client")),
+    request_body = NewPayment,
+    responses(
+        (status = CREATED, description = "paid", body = PaymentView),
+        (status = OK, description = "a retry: the original payment",
+            body = PaymentView, headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = BAD_REQUEST, description = "`idempotency_key_required`", body = ErrorBody),
+        (status = FORBIDDEN, description = "`limit_exceeded` or `daily_limit_exceeded`", body = ErrorBody),
+        (status = CONFLICT, description = "`insufficient_funds` (the payment is recorded as `FAILED` and \
+            comes along), or `idempotency_key_reused` (another payment had this key; no `payment`)",
+            body = PaymentRefused),
+        (status = UNPROCESSABLE_ENTITY, description = "`invalid_idempotency_key`, or an invalid receiver, amount or currency", body = ErrorBody),
+        (status = SERVICE_UNAVAILABLE, description = "the wallet did not answer; the payment is `PENDING`: retry with the same key", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -185,10 +257,13 @@ pub(crate) async fn create(
             .failure_reason
             .clone()
             .unwrap_or_else(|| "payment_failed".to_owned());
-        let body = serde_json::json!({
-            "error": {"code": code, "message": "the payment was refused; it is recorded as FAILED"},
-            "payment": view,
-        });
+        let body = PaymentRefused {
+            error: ErrorDetail {
+                code,
+                message: "the payment was refused; it is recorded as FAILED".to_owned(),
+            },
+            payment: Some(view),
+        };
         (StatusCode::CONFLICT, Json(body)).into_response()
     } else if reply.replayed {
         (StatusCode::OK, Json(view)).into_response()
@@ -203,6 +278,18 @@ pub(crate) async fn create(
     Ok(response)
 }
 
+/// One payment (its payer, its receiver, finance and audit)
+#[utoipa::path(
+    get,
+    path = "/api/v1/payments/{id}",
+    operation_id = "get_payment",
+    tag = "payments",
+    params(("id" = String, Path, description = "the payment's id")),
+    responses(
+        (status = OK, description = "the payment", body = PaymentView),
+        (status = NOT_FOUND, description = "`payment_not_found`", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -222,6 +309,15 @@ pub(crate) async fn get(
     Ok(Json(PaymentView::from(payment)).into_response())
 }
 
+/// Lists every payment, with filters (finance)
+#[utoipa::path(
+    get,
+    path = "/api/v1/finance/transactions",
+    operation_id = "list_finance_transactions",
+    tag = "payments",
+    params(FinanceQuery),
+    responses((status = OK, description = "one page of payments", body = PaymentPage))
+)]
 pub(crate) async fn list(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -249,9 +345,27 @@ pub(crate) async fn list(
         .await?;
     let payments: Vec<PaymentView> = reply.payments.into_iter().map(PaymentView::from).collect();
     let next = Some(reply.next_page_token).filter(|n| !n.is_empty());
-    Ok(Json(serde_json::json!({"payments": payments, "next": next})).into_response())
+    Ok(Json(PaymentPage { payments, next }).into_response())
 }
 
+/// Rolls a payment back with a compensating transfer (finance)
+///
+/// Within 24 h of the payment, up to the configured maximum, once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/finance/transactions/{id}/rollback",
+    operation_id = "rollback_payment",
+    tag = "payments",
+    params(("id" = String, Path, description = "the payment's id")),
+    request_body = RollbackBody,
+    responses(
+        (status = OK, description = "the payment, now `ROLLED_BACK`", body = PaymentView),
+        (status = FORBIDDEN, description = "`rollback_window_expired` or `rollback_limit_exceeded`", body = ErrorBody),
+        (status = NOT_FOUND, description = "`payment_not_found`", body = ErrorBody),
+        (status = CONFLICT, description = "`already_rolled_back`, `rollback_in_progress`, `insufficient_funds` \
+            (the receiver cannot cover it) or `not_completed`", body = ErrorBody),
+    )
+)]
 pub(crate) async fn rollback(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,

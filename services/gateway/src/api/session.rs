@@ -66,13 +66,14 @@ const MAX_USER_AGENT: usize = 256;
 
 /// The routes anyone may call without a token (the policy allows them
 /// without a subject, and they need none).
-const PUBLIC_ROUTES: &[&str] = &[
+pub(crate) const PUBLIC_ROUTES: &[&str] = &[
     "/api/v1/auth/register",
     "/api/v1/auth/register/confirm",
     "/api/v1/auth/login",
     "/api/v1/auth/login/mfa",
     "/api/v1/auth/refresh",
     "/.well-known/jwks.json",
+    "/api/v1/openapi.json",
 ];
 
 // ---------------------------------------------------------------------------

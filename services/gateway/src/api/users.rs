@@ -11,18 +11,23 @@ use trustmesh_proto::trustmesh::user::v1::{
     AddTeamMemberRequest, CreateTeamRequest, DeleteMeRequest, GetMeRequest, ListUsersRequest,
     Profile, SetRoleRequest, Team, UpdateMeRequest,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
-use super::errors::{ApiError, ApiJson};
+use super::errors::{ApiError, ApiJson, ErrorBody};
 use super::session::{Caller, RequestInfo, clear_session_cookies, grpc_request};
 
-#[derive(Debug, Serialize)]
+/// A user's profile.
+#[derive(Debug, Serialize, ToSchema)]
 struct ProfileView {
     user_id: String,
     email: String,
     display_name: String,
+    /// `user`, `manager`, `admin`, `finance` or `audit`.
     role: String,
+    /// The team the user belongs to, if any.
     team_id: Option<String>,
+    /// RFC 3339, UTC.
     created_at: String,
 }
 
@@ -39,7 +44,8 @@ impl From<Profile> for ProfileView {
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A team, its manager and its members.
+#[derive(Debug, Serialize, ToSchema)]
 struct TeamView {
     team_id: String,
     name: String,
@@ -58,6 +64,13 @@ impl From<Team> for TeamView {
     }
 }
 
+/// The caller's profile
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/me",
+    tag = "users",
+    responses((status = OK, description = "the profile", body = ProfileView))
+)]
 pub(crate) async fn get_me(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -74,17 +87,33 @@ pub(crate) async fn get_me(
     Ok(Json(ProfileView::from(profile)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `PATCH /users/me`: the fields to change.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateMe {
     #[serde(default)]
     display_name: Option<String>,
+    /// A new email address; needs `current_password`.
     #[serde(default)]
     email: Option<String>,
     #[serde(default)]
+    #[schema(format = Password)]
     current_password: Option<String>,
 }
 
+/// Changes the caller's profile
+#[utoipa::path(
+    patch,
+    path = "/api/v1/users/me",
+    tag = "users",
+    request_body = UpdateMe,
+    responses(
+        (status = OK, description = "the changed profile", body = ProfileView),
+        (status = FORBIDDEN, description = "`wrong_password`: an email change with a wrong password", body = ErrorBody),
+        (status = CONFLICT, description = "`email_taken`: another account has this email", body = ErrorBody),
+        (status = UNPROCESSABLE_ENTITY, description = "`password_required` for an email change, or a field that is not valid", body = ErrorBody),
+    )
+)]
 pub(crate) async fn update_me(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -105,12 +134,29 @@ pub(crate) async fn update_me(
     Ok(Json(ProfileView::from(profile)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `DELETE /users/me`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeleteMe {
+    /// The caller's password, to confirm.
+    #[schema(format = Password)]
     password: String,
 }
 
+/// Deletes the caller's account
+///
+/// The account and its sessions are gone at once; every service erases or
+/// anonymises what it holds for the user.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/users/me",
+    tag = "users",
+    request_body = DeleteMe,
+    responses(
+        (status = NO_CONTENT, description = "deleted; a browser's cookies are deleted too"),
+        (status = FORBIDDEN, description = "the password is wrong", body = ErrorBody),
+    )
+)]
 pub(crate) async fn delete_me(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -131,15 +177,35 @@ pub(crate) async fn delete_me(
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+/// `GET /users?limit=&after=`.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Users per page.
     #[serde(default)]
     limit: Option<u32>,
+    /// The `next` of the previous page.
     #[serde(default)]
     after: Option<String>,
 }
 
+/// One page of users.
+#[derive(Debug, Serialize, ToSchema)]
+struct UserPage {
+    users: Vec<ProfileView>,
+    /// For `after=` to get the next page; absent on the last one.
+    next: Option<String>,
+}
+
+/// Lists every user (admin)
+#[utoipa::path(
+    get,
+    path = "/api/v1/users",
+    tag = "users",
+    params(ListQuery),
+    responses((status = OK, description = "one page of users", body = UserPage))
+)]
 pub(crate) async fn list_users(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -159,15 +225,35 @@ pub(crate) async fn list_users(
         .await?;
     let users: Vec<ProfileView> = reply.users.into_iter().map(ProfileView::from).collect();
     let next = Some(reply.next).filter(|n| !n.is_empty());
-    Ok(Json(serde_json::json!({"users": users, "next": next})).into_response())
+    Ok(Json(UserPage { users, next }).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /users/{id}/role`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SetRole {
+    /// `user`, `manager`, `admin`, `finance` or `audit`.
+    #[schema(example = "manager")]
     role: String,
 }
 
+/// Gives a user another role (admin)
+///
+/// The user's sessions end, so that no token carries the old role. The
+/// last admin cannot lose the role.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{id}/role",
+    tag = "users",
+    params(("id" = String, Path, description = "the user's id")),
+    request_body = SetRole,
+    responses(
+        (status = OK, description = "the profile with its new role", body = ProfileView),
+        (status = NOT_FOUND, description = "no such user", body = ErrorBody),
+        (status = CONFLICT, description = "`last_admin`", body = ErrorBody),
+        (status = UNPROCESSABLE_ENTITY, description = "not a role", body = ErrorBody),
+    )
+)]
 pub(crate) async fn set_role(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -190,13 +276,28 @@ pub(crate) async fn set_role(
     Ok(Json(ProfileView::from(profile)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /teams`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTeam {
     name: String,
+    /// The user who manages the team.
     manager_id: String,
 }
 
+/// Creates a team (admin)
+#[utoipa::path(
+    post,
+    path = "/api/v1/teams",
+    tag = "users",
+    request_body = CreateTeam,
+    responses(
+        (status = CREATED, description = "the team", body = TeamView),
+        (status = NOT_FOUND, description = "no such manager", body = ErrorBody),
+        (status = CONFLICT, description = "`manager_role_required`, or a team with this name exists", body = ErrorBody),
+        (status = UNPROCESSABLE_ENTITY, description = "a field is not valid", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create_team(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -216,12 +317,26 @@ pub(crate) async fn create_team(
     Ok((StatusCode::CREATED, Json(TeamView::from(team))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+/// `POST /teams/{id}/members`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddMember {
     user_id: String,
 }
 
+/// Adds a member to a team (admin, or the team's manager)
+#[utoipa::path(
+    post,
+    path = "/api/v1/teams/{id}/members",
+    tag = "users",
+    params(("id" = String, Path, description = "the team's id")),
+    request_body = AddMember,
+    responses(
+        (status = OK, description = "the team with its new member", body = TeamView),
+        (status = FORBIDDEN, description = "`not_team_manager`: a manager adds only to their own team", body = ErrorBody),
+        (status = NOT_FOUND, description = "no such team or user", body = ErrorBody),
+    )
+)]
 pub(crate) async fn add_team_member(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,

@@ -11,27 +11,34 @@ use serde::{Deserialize, Serialize};
 use trustmesh_proto::trustmesh::wallet::v1::{
     GetBalanceRequest, ListTransactionsRequest, Transaction,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
-use super::errors::ApiError;
+use super::errors::{ApiError, ErrorBody};
 use super::session::{Caller, RequestInfo, grpc_request};
 
 /// `GET /api/v1/wallet?user=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WalletQuery {
+    /// Whose wallet (`finance` and `audit` only); the caller's by default.
     #[serde(default)]
     user: Option<String>,
 }
 
 /// `GET /api/v1/wallet/transactions?user=&limit=&page=`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TransactionsQuery {
+    /// Whose wallet (`finance` and `audit` only); the caller's by default.
     #[serde(default)]
     user: Option<String>,
+    /// Entries per page.
     #[serde(default)]
     limit: Option<u32>,
+    /// The `next` of the previous page.
     #[serde(default)]
     page: Option<String>,
 }
@@ -42,12 +49,17 @@ fn owner(user: Option<String>, caller: &Caller) -> String {
         .unwrap_or_else(|| caller.claims.sub.clone())
 }
 
-#[derive(Debug, Serialize)]
+/// One entry of a wallet's history.
+#[derive(Debug, Serialize, ToSchema)]
 struct TransactionView {
     transfer_id: String,
+    /// What moved the money (`payment`, `deposit`, `rollback`, …).
     kind: String,
+    /// ISO 4217 code.
     currency: String,
+    /// Minor units (cents): positive in, negative out.
     amount: i64,
+    /// The wallet's balance in this currency right after, in minor units.
     balance_after: i64,
     counterparty: String,
     reference: String,
@@ -69,6 +81,42 @@ impl From<Transaction> for TransactionView {
     }
 }
 
+/// A wallet's balance in one currency.
+#[derive(Debug, Serialize, ToSchema)]
+struct BalanceView {
+    /// ISO 4217 code.
+    currency: String,
+    /// Minor units (cents); never negative.
+    amount: i64,
+}
+
+/// A wallet's balances.
+#[derive(Debug, Serialize, ToSchema)]
+struct WalletView {
+    user_id: String,
+    balances: Vec<BalanceView>,
+}
+
+/// One page of a wallet's history, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+struct TransactionPage {
+    transactions: Vec<TransactionView>,
+    /// For `page=` to get the next page; absent on the last one.
+    next: Option<String>,
+}
+
+/// A wallet's balances
+#[utoipa::path(
+    get,
+    path = "/api/v1/wallet",
+    operation_id = "get_wallet",
+    tag = "wallet",
+    params(WalletQuery),
+    responses(
+        (status = OK, description = "the balances", body = WalletView),
+        (status = FORBIDDEN, description = "`not_owner`: another user's wallet", body = ErrorBody),
+    )
+)]
 pub(crate) async fn balance(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -85,14 +133,33 @@ pub(crate) async fn balance(
                 .get_balance(grpc_request(request, &info, Some(&caller), api.timeout())),
         )
         .await?;
-    let balances: Vec<serde_json::Value> = reply
+    let balances = reply
         .balances
         .into_iter()
-        .map(|b| serde_json::json!({"currency": b.currency, "amount": b.amount}))
+        .map(|b| BalanceView {
+            currency: b.currency,
+            amount: b.amount,
+        })
         .collect();
-    Ok(Json(serde_json::json!({"user_id": reply.user_id, "balances": balances})).into_response())
+    Ok(Json(WalletView {
+        user_id: reply.user_id,
+        balances,
+    })
+    .into_response())
 }
 
+/// A wallet's history, newest first
+#[utoipa::path(
+    get,
+    path = "/api/v1/wallet/transactions",
+    operation_id = "list_wallet_transactions",
+    tag = "wallet",
+    params(TransactionsQuery),
+    responses(
+        (status = OK, description = "one page of entries", body = TransactionPage),
+        (status = FORBIDDEN, description = "`not_owner`: another user's wallet", body = ErrorBody),
+    )
+)]
 pub(crate) async fn transactions(
     State(api): State<Api>,
     Extension(info): Extension<RequestInfo>,
@@ -119,5 +186,5 @@ pub(crate) async fn transactions(
         .map(TransactionView::from)
         .collect();
     let next = Some(reply.next_page_token).filter(|n| !n.is_empty());
-    Ok(Json(serde_json::json!({"transactions": transactions, "next": next})).into_response())
+    Ok(Json(TransactionPage { transactions, next }).into_response())
 }
