@@ -272,7 +272,16 @@ impl User for UserService {
             .await
             .map_err(internal)?
         {
-            Ok(RoleChanged { from, revocation }) => {
+            Ok(RoleChanged {
+                from,
+                revocation: None,
+            }) => {
+                tracing::info!(user_id = %target, role = %from, %changed_by, "role unchanged: the user has it already");
+            }
+            Ok(RoleChanged {
+                from,
+                revocation: Some(revocation),
+            }) => {
                 tracing::info!(user_id = %target, %from, to = %req.role, %changed_by, "role changed");
                 // No token may keep the old role: the user's sessions end
                 // and they sign in again with the new one. Should auth not

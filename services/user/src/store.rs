@@ -45,8 +45,10 @@ pub struct TeamRow {
 pub struct RoleChanged {
     /// The role before the change.
     pub from: String,
-    /// The session revocation the change owes, committed with it.
-    pub revocation: PendingRevocation,
+    /// The session revocation the change owes, committed with it; `None`
+    /// when the user already had the role (nothing changed, nothing is
+    /// recorded, no session ends).
+    pub revocation: Option<PendingRevocation>,
 }
 
 /// A revocation of every session of a user that a role change owes and
@@ -208,6 +210,12 @@ impl UserStore {
             .bind(user_id)
             .fetch_one(&mut *tx)
             .await?;
+        if from == role {
+            return Ok(Ok(RoleChanged {
+                from,
+                revocation: None,
+            }));
+        }
         if from == "admin" && role != "admin" {
             let admins: i64 =
                 sqlx::query_scalar("SELECT COUNT(*) FROM profiles WHERE role = 'admin'")
@@ -261,7 +269,10 @@ impl UserStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Ok(RoleChanged { from, revocation }))
+        Ok(Ok(RoleChanged {
+            from,
+            revocation: Some(revocation),
+        }))
     }
 
     /// Up to `limit` revocations not yet confirmed that were asked for at

@@ -122,7 +122,7 @@ fn set_role(user_id: &str, role: &str) -> Request<SetRoleRequest> {
 /// (the operator here), and leaves nothing pending.
 async fn a_role_change_ends_the_sessions_at_once(backend: Backend) {
     let auth = Auth::start(backend).await;
-    let (_db, store) = users(backend).await;
+    let (db, store) = users(backend).await;
     let bob = profile(&store).await;
     // Every time column has the one stored form (six fractional digits).
     let created = store.profile(&bob).await.unwrap().unwrap().created_at;
@@ -141,6 +141,26 @@ async fn a_role_change_ends_the_sessions_at_once(backend: Backend) {
         0,
         "a confirmed revocation is forgotten"
     );
+
+    // The role the user has already: nothing changes, no session ends,
+    // nothing is recorded.
+    let events = role_events(&db, &bob).await;
+    let answer = service.set_role(set_role(&bob, "manager")).await.unwrap();
+    assert_eq!(answer.into_inner().role, "manager");
+    assert_eq!(auth.revocations(&bob).await, 1);
+    assert_eq!(pending(&store).await, 0);
+    assert_eq!(role_events(&db, &bob).await, events);
+}
+
+/// How many `ROLE_CHANGED` events the user service recorded about `user_id`.
+async fn role_events(db: &TestDb, user_id: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM outbox WHERE action = 'ROLE_CHANGED' AND target = $1",
+    )
+    .bind(user_id)
+    .fetch_one(db.db.pool())
+    .await
+    .unwrap()
 }
 
 /// With auth down, the role still changes, the caller hears 503
@@ -207,7 +227,7 @@ async fn a_revocation_survives_a_stop_before_the_call(backend: Backend) {
             .unwrap()
             .unwrap();
         assert_eq!(changed.from, "user");
-        assert_eq!(changed.revocation.user_id, *user);
+        assert_eq!(changed.revocation.unwrap().user_id, *user);
     }
     // Deleting an account forgets what it was owed (auth ended its sessions
     // before the profile went).
