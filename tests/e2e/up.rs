@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use trustmesh_runtime::SvidFiles;
 use trustmesh_tests::{
-    Mesh, health_client, http_get, https_get, metrics_with, process_alive, reckless_client_config,
-    run_cli, signal, spiffe_id,
+    Mesh, gateway_tls, health_client, http_get, https_get, metrics_with, process_alive,
+    reckless_client_config, run_cli, signal, spiffe_id,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -79,6 +79,16 @@ fn up_runs_the_mesh_restarts_crashed_children_and_stops_cleanly() {
     let printed: serde_json::Value = serde_json::from_str(&printed).unwrap();
     assert_eq!(served, printed);
     assert!(served["paths"]["/api/v1/payments"]["post"].is_object());
+
+    // A request refused before its body arrived (sent 50 ms after its
+    // headers) leaves its kept-alive connection usable: the request sent
+    // after it on the same connection is answered.
+    let answers = rt.block_on(refused_then_next(mesh.gateway_addr(), &ca));
+    assert!(answers.starts_with("HTTP/1.1 405"), "{answers}");
+    assert!(
+        answers.contains("\"status\":\"ok\""),
+        "the connection ended after the refusal: {answers}"
+    );
 
     // gRPC health over mTLS with an SVID minted from the mesh's CA.
     let svid_dir = mesh.dir.path().join("probe");
@@ -194,6 +204,38 @@ fn thread_names(pid: u64) -> std::collections::BTreeMap<String, usize> {
         *names.entry(comm.trim().to_owned()).or_insert(0) += 1;
     }
     names
+}
+
+/// `PUT /api/v1/teams` (405) with its body late, then `GET /healthz`, on
+/// one HTTP/1.1 connection; what came back until the second answer, the
+/// end of the connection or 5 s.
+async fn refused_then_next(gateway: std::net::SocketAddr, ca: &std::path::Path) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = gateway_tls(gateway, ca).await.unwrap();
+    let body = r#"{"name":"x"}"#;
+    let head = format!(
+        "PUT /api/v1/teams HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tls.write_all(body.as_bytes()).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let read_both = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = tls.read(&mut buf).await {
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("\"status\":\"ok\"") {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read_both).await;
+    String::from_utf8_lossy(&seen).into_owned()
 }
 
 #[test]

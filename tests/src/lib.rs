@@ -357,8 +357,9 @@ pub async fn https_get(
     http1_get(tls, "localhost", path).await
 }
 
-/// A TLS connection to `addr` as `localhost`, trusting only the CA in `ca_pem`.
-async fn gateway_tls(
+/// A TLS connection to `addr` as `localhost`, trusting only the CA in
+/// `ca_pem` (no ALPN: the gateway speaks HTTP/1.1 on it).
+pub async fn gateway_tls(
     addr: SocketAddr,
     ca_pem: &Path,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -23,7 +23,7 @@ use trustmesh_telemetry::{Readiness, RouteLatency};
 
 use crate::GatewayError;
 use crate::api::Api;
-use crate::api::errors::ApiError;
+use crate::api::errors::{ApiError, after_reading_body};
 
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -115,16 +115,24 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     }
 }
 
-async fn not_found() -> Response {
-    error(StatusCode::NOT_FOUND, "not_found", "no such route")
+async fn not_found(request: Request) -> Response {
+    let response = error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    refused(response, request).await
 }
 
-async fn method_not_allowed() -> Response {
-    error(
+async fn method_not_allowed(request: Request) -> Response {
+    let response = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not accept this method",
-    )
+    );
+    refused(response, request).await
+}
+
+/// `response` once the refused `request`'s body is read ([`after_reading_body`]).
+async fn refused(response: Response, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    after_reading_body(response, &parts.headers, parts.version, body).await
 }
 
 /// An error response in the mesh's JSON shape `{"error": {"code", "message"}}`.

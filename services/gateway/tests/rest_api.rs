@@ -417,6 +417,39 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape() {
 }
 
 #[tokio::test]
+async fn a_refused_request_keeps_its_connection_unless_its_body_is_too_large() {
+    let h = Harness::unreachable().await;
+    let refusals = [
+        ("PUT", "/api/v1/teams", 405),
+        ("POST", "/api/v1/nothing", 404),
+        ("POST", "/api/v1/teams", 401),
+    ];
+    for (method, uri, status) in refusals {
+        let reply = h.send(small_request(method, uri)).await;
+        assert_eq!(reply.status, status, "{method} {uri}");
+        assert_eq!(reply.header("connection"), None, "{method} {uri}");
+
+        let large = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from(vec![b' '; 100 * 1024]))
+            .unwrap();
+        let reply = h.send(large).await;
+        assert_eq!(reply.status, status, "{method} {uri}");
+        assert_eq!(reply.header("connection"), Some("close"), "{method} {uri}");
+
+        let waiting = with_header(small_request(method, uri), "expect", "100-continue");
+        let reply = h.send(waiting).await;
+        assert_eq!(reply.header("connection"), Some("close"), "{method} {uri}");
+    }
+}
+
+fn small_request(method: &str, uri: &str) -> Request<Body> {
+    json_request(method, uri, &json!({"name": "x"}))
+}
+
+#[tokio::test]
 async fn security_headers_are_on_every_answer() {
     let h = Harness::unreachable().await;
     for req in [

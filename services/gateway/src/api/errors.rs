@@ -23,12 +23,13 @@
 //! text; the reason code becomes `error.code` when it is one snake_case word.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, Request};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -52,6 +53,10 @@ pub const UNAVAILABLE_REASONS: [&str; 4] = [
     "sessions_not_revoked",
     "outcome_unknown",
 ];
+
+/// How long the rest of a refused request's body may take to arrive before
+/// the connection is closed instead ([`after_reading_body`]).
+pub const DRAIN_TIME: Duration = Duration::from_secs(2);
 
 /// Longest service message passed on to the client.
 const MAX_MESSAGE: usize = 500;
@@ -294,6 +299,40 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::invalid_request(format!("bad query string: {}", rejection.body_text()))
     }
+}
+
+/// `response`, to a request refused before its body was read, once that
+/// body has been read to its end and dropped (at most
+/// [`BODY_LIMIT`](super::BODY_LIMIT), for at most [`DRAIN_TIME`]).
+///
+/// Unread, the body would end the exchange badly for clients that keep
+/// their connections: HTTP/1.1 closes the connection after the answer
+/// without saying so, and a client's next request on it fails; HTTP/2
+/// resets the stream while the client is still sending, which some clients
+/// (curl 7.88) report as a failure instead of the answer. A body that is
+/// larger or slower, or that the client waits for leave to send
+/// (`Expect: 100-continue`), is not read: an HTTP/1.1 answer then says
+/// `Connection: close`.
+pub async fn after_reading_body(
+    mut response: Response,
+    headers: &HeaderMap,
+    version: Version,
+    body: Body,
+) -> Response {
+    let waits_to_send = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let read = !waits_to_send
+        && matches!(
+            tokio::time::timeout(DRAIN_TIME, axum::body::to_bytes(body, super::BODY_LIMIT)).await,
+            Ok(Ok(_))
+        );
+    if !read && version <= Version::HTTP_11 {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// `"<reason_code>: <message>"` → (`Some(reason_code)`, message); plain text

@@ -37,7 +37,7 @@ use trustmesh_policy::{Peer, PolicyInput, RequestContext, Subject};
 use trustmesh_tokens::{AccessClaims, TokenError};
 
 use super::Api;
-use super::errors::ApiError;
+use super::errors::{ApiError, after_reading_body};
 
 /// The access token cookie (`Path=/api`, 15 minutes).
 pub const ACCESS_COOKIE: &str = "tm_access";
@@ -451,7 +451,7 @@ pub async fn guard(State(api): State<Api>, req: Request, next: Next) -> Response
             }
             next.run(Request::from_parts(parts, body)).await
         }
-        Err(e) => e.into_response(),
+        Err(e) => after_reading_body(e.into_response(), &parts.headers, parts.version, body).await,
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response
