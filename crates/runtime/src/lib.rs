@@ -12,6 +12,7 @@
 //! behind a Workload API use [`SvidFiles`].
 
 mod client;
+mod client_facts;
 mod directory;
 mod error;
 mod files;
@@ -27,6 +28,7 @@ pub mod testing;
 mod tls;
 
 pub use client::{MeshChannel, MeshClient, connect_channel};
+pub use client_facts::{CLIENT_FACTS, on_behalf_of};
 pub use directory::{Directory, RunReport};
 pub use error::RuntimeError;
 pub use files::SvidFiles;

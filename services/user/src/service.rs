@@ -16,7 +16,7 @@ use trustmesh_proto::trustmesh::user::v1::{
     GetMeRequest, GetRoleReply, GetRoleRequest, ListUsersReply, ListUsersRequest, Profile,
     SetRoleRequest, Team, UpdateMeRequest,
 };
-use trustmesh_runtime::MeshChannel;
+use trustmesh_runtime::{MeshChannel, on_behalf_of};
 use trustmesh_store::StoreError;
 
 use crate::revoker;
@@ -164,11 +164,14 @@ impl User for UserService {
             }
             let mut auth = self.auth.clone();
             let changed = auth
-                .change_email(ChangeEmailRequest {
-                    user_id: me.sub.clone(),
-                    password,
-                    new_email: new_email.clone(),
-                })
+                .change_email(on_behalf_of(
+                    request.metadata(),
+                    ChangeEmailRequest {
+                        user_id: me.sub.clone(),
+                        password,
+                        new_email: new_email.clone(),
+                    },
+                ))
                 .await?
                 .into_inner();
             if !self
@@ -188,23 +191,31 @@ impl User for UserService {
         request: Request<DeleteMeRequest>,
     ) -> Result<Response<DeleteMeReply>, Status> {
         let me = Subject::of(&request)?;
-        let password = request.into_inner().password;
+        let (metadata, _, message) = request.into_parts();
         let mut auth = self.auth.clone();
         let verified = auth
-            .verify_password(VerifyPasswordRequest {
-                user_id: me.sub.clone(),
-                password,
-            })
+            .verify_password(on_behalf_of(
+                &metadata,
+                VerifyPasswordRequest {
+                    user_id: me.sub.clone(),
+                    password: message.password,
+                },
+            ))
             .await?
             .into_inner();
         if !verified.ok {
-            return Err(Status::permission_denied("the password is wrong"));
+            return Err(Status::permission_denied(
+                "wrong_password: the password is wrong",
+            ));
         }
         // Sessions and credentials first: once this returns, no token of
         // the account is accepted any more.
-        auth.delete_account(DeleteAccountRequest {
-            user_id: me.sub.clone(),
-        })
+        auth.delete_account(on_behalf_of(
+            &metadata,
+            DeleteAccountRequest {
+                user_id: me.sub.clone(),
+            },
+        ))
         .await?;
         self.store.delete(&me.sub).await.map_err(internal)?;
         tracing::info!(user_id = %me.sub, "account deleted");
