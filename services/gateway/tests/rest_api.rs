@@ -635,11 +635,25 @@ async fn refresh_from_the_body_answers_as_an_api_client() {
         (401, "refresh_reused")
     );
 
-    // No token at all.
+    // No token at all: no body, or a body of `null` (as the OpenAPI
+    // document allows).
     let reply = h.send(empty("POST", "/api/v1/auth/refresh")).await;
     assert_eq!(
         (reply.status, reply.error_code().as_str()),
         (400, "invalid_request")
+    );
+    let reply = h
+        .send(json_request("POST", "/api/v1/auth/refresh", &json!(null)))
+        .await;
+    assert_eq!(
+        (reply.status, reply.error_code().as_str()),
+        (400, "invalid_request")
+    );
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tm_refresh")
     );
 }
 

@@ -23,8 +23,10 @@ use super::session::{Caller, RequestInfo, grpc_request};
 pub(crate) struct EventQuery {
     /// Events about or by this user.
     #[serde(default)]
+    #[param(format = Uuid)]
     user: Option<String>,
-    /// One action (`LOGIN`, `ROLE_CHANGED`, `POLICY_DENY`, …).
+    /// One action (`LOGIN`, `ROLE_CHANGED`, `POLICY_DENY`, …); ignored by
+    /// `/audit/decisions`, whose events are all `POLICY_DENY`.
     #[serde(default)]
     action: Option<String>,
     /// `SUCCESS` or `FAIL`.
@@ -35,12 +37,16 @@ pub(crate) struct EventQuery {
     ip: Option<String>,
     /// From this time on (RFC 3339).
     #[serde(default)]
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Before this time (RFC 3339).
     #[serde(default)]
+    #[param(format = DateTime)]
     until: Option<String>,
-    /// Events per page.
+    /// Events per page: 50 when absent or 0, at most 200 (a larger
+    /// number gets 200).
     #[serde(default)]
+    #[param(format = Int64, maximum = 4294967295_u64)]
     limit: Option<u32>,
     /// The `next` of the previous page.
     #[serde(default)]

@@ -28,11 +28,11 @@ use super::session::{
 #[serde(deny_unknown_fields)]
 pub(crate) struct Credentials {
     /// The account's email address (compared without regard to case).
-    #[schema(example = "ada@example.com")]
+    #[schema(format = Email, example = "ada@example.com")]
     email: String,
     /// 12 to 128 characters, not a commonly breached password, not
     /// containing the email's local part.
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 12, max_length = 128)]
     password: String,
 }
 
@@ -486,7 +486,7 @@ pub(crate) async fn list_sessions(
     delete,
     path = "/api/v1/auth/sessions/{sid}",
     tag = "auth",
-    params(("sid" = String, Path, description = "the session's id")),
+    params(("sid" = String, Path, format = Uuid, description = "the session's id")),
     responses(
         (status = NO_CONTENT, description = "the session is over"),
         (status = NOT_FOUND, description = "the caller has no such session", body = ErrorBody),
@@ -524,7 +524,7 @@ pub(crate) struct ChangePassword {
     #[schema(format = Password)]
     current_password: String,
     /// The same rules as at registration.
-    #[schema(format = Password)]
+    #[schema(format = Password, min_length = 12, max_length = 128)]
     new_password: String,
 }
 

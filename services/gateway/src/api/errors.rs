@@ -372,7 +372,7 @@ fn truncate(message: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct ApiJson<T>(pub T);
 
-/// Like [`ApiJson`], but an empty body is `None`.
+/// Like [`ApiJson`], but an empty body, or `null`, is `None`.
 #[derive(Debug, Clone)]
 pub struct MaybeJson<T>(pub Option<T>);
 
@@ -398,7 +398,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = body_bytes(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let text = bytes.trim_ascii();
+        if text.is_empty() || text == b"null" {
             return Ok(MaybeJson(None));
         }
         parse_json(&bytes).map(|v| MaybeJson(Some(v)))

@@ -14,7 +14,9 @@
 //!   request that changes state and carries session cookies also sends the
 //!   `tm_csrf` cookie's value in `x-csrf-token`, or gets 403;
 //! - a route that takes a JSON body answers 400, 413 and 415 for a body
-//!   that is not JSON, too large, or not declared as JSON;
+//!   that is not JSON, too large, or not declared as JSON, and one with a
+//!   query string 400 for an unknown or mistyped parameter; any field or
+//!   parameter whose value a service refuses is a 422;
 //! - any other answer is an error in the shape of [`ErrorBody`].
 //!
 //! ```
@@ -26,7 +28,7 @@ use std::sync::LazyLock;
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use utoipa::openapi::path::Operation;
+use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{
     ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
 };
@@ -140,6 +142,32 @@ fn complete(operation: &mut Operation, public: bool, changes_state: bool) {
             operation,
             "403",
             "refused by policy (`role_required`, `mfa_required`, …) or `csrf_required`",
+        );
+    }
+    let has_parameter = |place: ParameterIn| {
+        operation
+            .parameters
+            .iter()
+            .flatten()
+            .any(|parameter| matches!(parameter, RefOr::T(p) if p.parameter_in == place))
+    };
+    let (query, path) = (
+        has_parameter(ParameterIn::Query),
+        has_parameter(ParameterIn::Path),
+    );
+    if query {
+        add_error(
+            operation,
+            "400",
+            "`invalid_request`: an unknown query parameter, or one that is not of its type",
+        );
+    }
+    if query || path || operation.request_body.is_some() {
+        add_error(
+            operation,
+            "422",
+            "`validation_failed` or the field's own code (`invalid_user_id`, …): \
+             a field or parameter of the right type whose value is not valid",
         );
     }
     if operation.request_body.is_some() {

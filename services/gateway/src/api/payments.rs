@@ -49,12 +49,13 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewPayment {
     /// The user who gets the money.
+    #[schema(format = Uuid)]
     receiver_id: String,
     /// Minor units (cents), more than 0.
-    #[schema(example = 1250)]
+    #[schema(example = 1250, minimum = 1)]
     amount: i64,
     /// ISO 4217 code.
-    #[schema(example = "EUR")]
+    #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     currency: String,
 }
 
@@ -62,7 +63,8 @@ pub(crate) struct NewPayment {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RollbackBody {
-    /// Why, for the audit log.
+    /// Why, for the audit log: 1 to 500 characters.
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
@@ -73,24 +75,31 @@ pub(crate) struct RollbackBody {
 pub(crate) struct FinanceQuery {
     /// Payments this user made or received.
     #[serde(default)]
+    #[param(format = Uuid)]
     user: Option<String>,
     /// From this time on (RFC 3339).
     #[serde(default)]
+    #[param(format = DateTime)]
     since: Option<String>,
     /// Before this time (RFC 3339).
     #[serde(default)]
+    #[param(format = DateTime)]
     until: Option<String>,
     /// At least this many minor units.
     #[serde(default)]
+    #[param(minimum = 0)]
     min_amount: Option<i64>,
     /// At most this many minor units.
     #[serde(default)]
+    #[param(minimum = 0)]
     max_amount: Option<i64>,
     /// `PENDING`, `COMPLETED`, `FAILED` or `ROLLED_BACK`.
     #[serde(default)]
     status: Option<String>,
-    /// Payments per page.
+    /// Payments per page: 50 when absent or 0, at most 200 (a larger
+    /// number gets 200).
     #[serde(default)]
+    #[param(format = Int64, maximum = 4294967295_u64)]
     limit: Option<u32>,
     /// The `next` of the previous page.
     #[serde(default)]
@@ -211,7 +220,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
     path = "/api/v1/payments",
     operation_id = "create_payment",
     tag = "payments",
-    params(("Idempotency-Key" = String, Header, description = "1 to 255 printable characters, chosen by the client")),
+    params(("Idempotency-Key" = String, Header, min_length = 1, max_length = 255,
+        description = "1 to 255 printable characters, chosen by the client")),
     request_body = NewPayment,
     responses(
         (status = CREATED, description = "paid", body = PaymentView),
@@ -284,7 +294,7 @@ pub(crate) async fn create(
     path = "/api/v1/payments/{id}",
     operation_id = "get_payment",
     tag = "payments",
-    params(("id" = String, Path, description = "the payment's id")),
+    params(("id" = String, Path, format = Uuid, description = "the payment's id")),
     responses(
         (status = OK, description = "the payment", body = PaymentView),
         (status = NOT_FOUND, description = "`payment_not_found`", body = ErrorBody),
@@ -356,7 +366,7 @@ pub(crate) async fn list(
     path = "/api/v1/finance/transactions/{id}/rollback",
     operation_id = "rollback_payment",
     tag = "payments",
-    params(("id" = String, Path, description = "the payment's id")),
+    params(("id" = String, Path, format = Uuid, description = "the payment's id")),
     request_body = RollbackBody,
     responses(
         (status = OK, description = "the payment, now `ROLLED_BACK`", body = PaymentView),

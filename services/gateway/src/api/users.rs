@@ -95,6 +95,7 @@ pub(crate) struct UpdateMe {
     display_name: Option<String>,
     /// A new email address; needs `current_password`.
     #[serde(default)]
+    #[schema(format = Email)]
     email: Option<String>,
     #[serde(default)]
     #[schema(format = Password)]
@@ -182,8 +183,10 @@ pub(crate) async fn delete_me(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
-    /// Users per page.
+    /// Users per page: 50 when absent or 0, at most 200 (a larger
+    /// number gets 200).
     #[serde(default)]
+    #[param(format = Int64, maximum = 4294967295_u64)]
     limit: Option<u32>,
     /// The `next` of the previous page.
     #[serde(default)]
@@ -245,7 +248,7 @@ pub(crate) struct SetRole {
     post,
     path = "/api/v1/users/{id}/role",
     tag = "users",
-    params(("id" = String, Path, description = "the user's id")),
+    params(("id" = String, Path, format = Uuid, description = "the user's id")),
     request_body = SetRole,
     responses(
         (status = OK, description = "the profile with its new role", body = ProfileView),
@@ -280,8 +283,11 @@ pub(crate) async fn set_role(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTeam {
+    /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
-    /// The user who manages the team.
+    /// The user who manages the team (role `manager` or `admin`).
+    #[schema(format = Uuid)]
     manager_id: String,
 }
 
@@ -321,6 +327,7 @@ pub(crate) async fn create_team(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AddMember {
+    #[schema(format = Uuid)]
     user_id: String,
 }
 
@@ -329,7 +336,7 @@ pub(crate) struct AddMember {
     post,
     path = "/api/v1/teams/{id}/members",
     tag = "users",
-    params(("id" = String, Path, description = "the team's id")),
+    params(("id" = String, Path, format = Uuid, description = "the team's id")),
     request_body = AddMember,
     responses(
         (status = OK, description = "the team with its new member", body = TeamView),

@@ -24,6 +24,7 @@ use super::session::{Caller, RequestInfo, grpc_request};
 pub(crate) struct WalletQuery {
     /// Whose wallet (`finance` and `audit` only); the caller's by default.
     #[serde(default)]
+    #[param(format = Uuid)]
     user: Option<String>,
 }
 
@@ -34,9 +35,12 @@ pub(crate) struct WalletQuery {
 pub(crate) struct TransactionsQuery {
     /// Whose wallet (`finance` and `audit` only); the caller's by default.
     #[serde(default)]
+    #[param(format = Uuid)]
     user: Option<String>,
-    /// Entries per page.
+    /// Entries per page: 50 when absent or 0, at most 200 (a larger
+    /// number gets 200).
     #[serde(default)]
+    #[param(format = Int64, maximum = 4294967295_u64)]
     limit: Option<u32>,
     /// The `next` of the previous page.
     #[serde(default)]
