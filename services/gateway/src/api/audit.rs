@@ -31,6 +31,7 @@ pub(crate) struct EventQuery {
     action: Option<String>,
     /// `SUCCESS` or `FAIL`.
     #[serde(default)]
+    #[param(pattern = "^(SUCCESS|FAIL)$")]
     status: Option<String>,
     /// The client's IP address.
     #[serde(default)]

@@ -537,6 +537,8 @@ pub(crate) struct ChangePassword {
     responses(
         (status = NO_CONTENT, description = "changed; every other session is over"),
         (status = FORBIDDEN, description = "`wrong_password`: the current password is wrong", body = ErrorBody),
+        (status = LOCKED, description = "`account_locked`: too many wrong passwords (they count as failed logins)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the lock ends"))),
         (status = UNPROCESSABLE_ENTITY, description = "the new password breaks a rule (`weak_password`, …)", body = ErrorBody),
     )
 )]

@@ -95,6 +95,7 @@ pub(crate) struct FinanceQuery {
     max_amount: Option<i64>,
     /// `PENDING`, `COMPLETED`, `FAILED` or `ROLLED_BACK`.
     #[serde(default)]
+    #[param(pattern = "^(PENDING|COMPLETED|FAILED|ROLLED_BACK)$")]
     status: Option<String>,
     /// Payments per page: 50 when absent or 0, at most 200 (a larger
     /// number gets 200).

@@ -112,6 +112,8 @@ pub(crate) struct UpdateMe {
         (status = OK, description = "the changed profile", body = ProfileView),
         (status = FORBIDDEN, description = "`wrong_password`: an email change with a wrong password", body = ErrorBody),
         (status = CONFLICT, description = "`email_taken`: another account has this email", body = ErrorBody),
+        (status = LOCKED, description = "`account_locked`: too many wrong passwords (they count as failed logins)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the lock ends"))),
         (status = UNPROCESSABLE_ENTITY, description = "`password_required` for an email change, or a field that is not valid", body = ErrorBody),
     )
 )]
@@ -155,7 +157,9 @@ pub(crate) struct DeleteMe {
     request_body = DeleteMe,
     responses(
         (status = NO_CONTENT, description = "deleted; a browser's cookies are deleted too"),
-        (status = FORBIDDEN, description = "the password is wrong", body = ErrorBody),
+        (status = FORBIDDEN, description = "`wrong_password`", body = ErrorBody),
+        (status = LOCKED, description = "`account_locked`: too many wrong passwords (they count as failed logins)", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "seconds until the lock ends"))),
     )
 )]
 pub(crate) async fn delete_me(
