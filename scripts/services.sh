@@ -52,3 +52,14 @@ if ! command -v openssl >/dev/null 2>&1; then
     echo "==> installing openssl"
     apt-get update -qq && apt-get install -y -qq openssl >/dev/null
 fi
+
+# The REST fuzz test (tests/e2e/api_fuzz.rs) runs schemathesis against the
+# gateway's OpenAPI document; it lives in a virtual environment of its own
+# (the path the test looks in), pinned so that a run is repeatable.
+SCHEMATHESIS_VERSION=4.32.5
+schemathesis_venv="$HOME/.cache/trustmesh-schemathesis"
+if ! "$schemathesis_venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    echo "==> installing schemathesis $SCHEMATHESIS_VERSION"
+    python3 -m venv "$schemathesis_venv"
+    "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
