@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trustmesh_tests::rest::{Api, PASSWORD, json_of, now, register, totp_code};
+use trustmesh_tests::rest::{Api, PASSWORD, json_of, now, register, totp_code, unique_email};
 use trustmesh_tests::{Mesh, repo_root};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -204,7 +204,7 @@ fn suspicious_logins_are_mailed_with_retries() {
         ],
     );
     let api = Api::new(&mesh);
-    let email = format!("alice.{}@example.com", uuid::Uuid::new_v4().simple());
+    let email = unique_email("alice");
     let alice = register(&api, &email);
     // The enrolment spent the current TOTP step: the next one, then a
     // recovery code.

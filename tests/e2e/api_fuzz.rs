@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::json;
-use trustmesh_tests::rest::{Api, login, register};
+use trustmesh_tests::rest::{Api, login, register, unique_email};
 use trustmesh_tests::{Mesh, run_cli};
 
 /// The checks schemathesis runs: the properties every answer must have,
@@ -53,23 +53,9 @@ fn generated_requests_get_no_server_error_and_answers_match_the_document() {
     let mesh = Mesh::start(&[]);
     let api = Api::new(&mesh);
 
-    let email = format!("fuzzer.{}@example.com", uuid::Uuid::new_v4().simple());
+    let email = unique_email("fuzzer");
     let registered = register(&api, &email);
-    let data_dir = mesh.data_dir();
-    let (code, out, err) = run_cli(
-        &[
-            "user",
-            "grant-role",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--email",
-            &email,
-            "--role",
-            "admin",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    mesh.grant_role(&email, "admin");
     let session = login(
         &api,
         &email,

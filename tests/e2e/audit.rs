@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use trustmesh_tests::rest::{Api, expect, json_of, login, register};
+use trustmesh_tests::rest::{Api, expect, json_of, login, register, unique_email};
 use trustmesh_tests::{Mesh, PostgresDb, run_cli, signal};
 
 /// A mesh that signs audit checkpoints every second.
@@ -19,28 +19,6 @@ fn mesh_with(envs: &[(&str, &str)]) -> Mesh {
     let mut all = vec![("TRUSTMESH_AUDIT_CHECKPOINT_EVERY", "1s")];
     all.extend_from_slice(envs);
     Mesh::start_with_env(&[], &all)
-}
-
-fn grant(mesh: &Mesh, email: &str, role: &str) {
-    let data_dir = mesh.data_dir();
-    let (code, out, err) = run_cli(
-        &[
-            "user",
-            "grant-role",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--email",
-            email,
-            "--role",
-            role,
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}{err}");
-}
-
-fn email(name: &str) -> String {
-    format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
 /// Every event of the log, through the API, as the auditor `token`.
@@ -95,13 +73,16 @@ fn audit_verify(data_dir: &Path, envs: &[(&str, &str)], extra: &[&str]) -> (i32,
 
 fn trail(mesh: &Mesh, envs: &[(&str, &str)]) {
     let api = Api::new(mesh);
-    let (auditor_email, user_email, finance_email) =
-        (email("auditor"), email("user"), email("finance"));
+    let (auditor_email, user_email, finance_email) = (
+        unique_email("auditor"),
+        unique_email("user"),
+        unique_email("finance"),
+    );
     let auditor = register(&api, &auditor_email);
     let user = register(&api, &user_email);
     let finance = register(&api, &finance_email);
-    grant(mesh, &auditor_email, "audit");
-    grant(mesh, &finance_email, "finance");
+    mesh.grant_role(&auditor_email, "audit");
+    mesh.grant_role(&finance_email, "finance");
 
     let auditor_token = login(
         &api,

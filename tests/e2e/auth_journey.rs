@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 use trustmesh_tests::rest::{
-    Api, PASSWORD, bearer, expect, json_of, login, now, register, totp_code,
+    Api, PASSWORD, bearer, expect, json_of, login, now, register, totp_code, unique_email,
 };
 use trustmesh_tests::{Mesh, PostgresDb, https_request};
 
@@ -272,7 +272,7 @@ fn journey(mesh: &Mesh) {
     expect(&refused, 401, "");
 
     // A browser session: cookies, and CSRF required on state changes.
-    let other = format!("bob.{}@example.com", uuid::Uuid::new_v4().simple());
+    let other = unique_email("bob");
     let bob = register(&api, &other);
     let step1 = api.post(
         "/api/v1/auth/login",
@@ -356,7 +356,7 @@ fn journey(mesh: &Mesh) {
 
 fn concurrent_registrations(mesh: &Mesh) {
     let api = Api::new(mesh);
-    let email = format!("race.{}@example.com", uuid::Uuid::new_v4().simple());
+    let email = unique_email("race");
     let statuses: Vec<u16> = api.block_on(async {
         let mut tasks = Vec::new();
         for _ in 0..8 {
@@ -420,26 +420,12 @@ fn the_operator_makes_the_first_admin_who_manages_roles_on_postgres() {
 /// change and account deletion, through the gateway.
 fn operator_and_roles(mesh: &Mesh) {
     let api = Api::new(mesh);
-    let alice_email = format!("alice.{}@example.com", uuid::Uuid::new_v4().simple());
-    let bob_email = format!("bob.{}@example.com", uuid::Uuid::new_v4().simple());
+    let alice_email = unique_email("alice");
+    let bob_email = unique_email("bob");
     let alice = register(&api, &alice_email);
     let bob = register(&api, &bob_email);
 
-    let data_dir = mesh.data_dir();
-    let (code, out, err) = trustmesh_tests::run_cli(
-        &[
-            "user",
-            "grant-role",
-            "--data-dir",
-            data_dir.to_str().unwrap(),
-            "--email",
-            &alice_email,
-            "--role",
-            "admin",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}{err}");
+    let out = mesh.grant_role(&alice_email, "admin");
     assert!(out.contains("is now admin"), "{out}");
 
     let admin = login(
@@ -522,7 +508,7 @@ fn operator_and_roles(mesh: &Mesh) {
     );
 
     // Changing the email needs the password again; then the new one logs in.
-    let new_email = format!("robert.{}@example.com", uuid::Uuid::new_v4().simple());
+    let new_email = unique_email("robert");
     let patch = |body: Value| {
         api.call(
             "PATCH",
@@ -563,7 +549,7 @@ fn operator_and_roles(mesh: &Mesh) {
 
     // A stolen access token cannot be used to guess the password: wrong
     // passwords on sensitive changes count toward the lockout.
-    let carol_email = format!("carol.{}@example.com", uuid::Uuid::new_v4().simple());
+    let carol_email = unique_email("carol");
     let carol = register(&api, &carol_email);
     let carol_session = login(
         &api,
@@ -622,7 +608,7 @@ fn operator_and_roles(mesh: &Mesh) {
 fn rotation_across_the_mesh_fails_no_request() {
     let mesh = Mesh::start(&["--svid-ttl", "4s"]);
     let api = Api::new(&mesh);
-    let email = format!("rotor.{}@example.com", uuid::Uuid::new_v4().simple());
+    let email = unique_email("rotor");
     let reg = register(&api, &email);
     let session = login(
         &api,

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use trustmesh_proto::trustmesh::wallet::v1::TransferRequest;
 use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_runtime::{RunReport, SvidFiles};
-use trustmesh_tests::rest::{Api, bearer, expect, json_of, login, register};
+use trustmesh_tests::rest::{Api, bearer, expect, json_of, login, register, unique_email};
 use trustmesh_tests::{Mesh, PostgresDb, copy_dir, https_request, repo_root, run_cli, spiffe_id};
 
 /// Concurrent payers.
@@ -47,34 +47,16 @@ fn policy_dir(root: &Path) -> std::path::PathBuf {
     dir
 }
 
-fn email(name: &str) -> String {
-    format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple())
-}
-
 struct User {
     id: String,
     token: String,
 }
 
 fn signed_in(api: &Api, mesh: &Mesh, name: &str, role: Option<&str>) -> User {
-    let address = email(name);
+    let address = unique_email(name);
     let reg = register(api, &address);
     if let Some(role) = role {
-        let data_dir = mesh.data_dir();
-        let (code, out, err) = run_cli(
-            &[
-                "user",
-                "grant-role",
-                "--data-dir",
-                data_dir.to_str().unwrap(),
-                "--email",
-                &address,
-                "--role",
-                role,
-            ],
-            &[],
-        );
-        assert_eq!(code, 0, "{out}{err}");
+        mesh.grant_role(&address, role);
     }
     let session = login(
         api,

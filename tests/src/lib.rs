@@ -449,6 +449,26 @@ impl Mesh {
         self.dir.path().join("data")
     }
 
+    /// Gives the account of `email` the `role` as the operator does
+    /// (`trustmesh user grant-role` with this mesh's data directory); what
+    /// the command printed.
+    pub fn grant_role(&self, email: &str, role: &str) -> String {
+        let data_dir = self.data_dir();
+        let args = [
+            "user",
+            "grant-role",
+            "--data-dir",
+            data_dir.to_str().expect("a UTF-8 path"),
+            "--email",
+            email,
+            "--role",
+            role,
+        ];
+        let (code, out, err) = run_cli(&args, &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        out
+    }
+
     /// What `up` logged so far (for assertion messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()

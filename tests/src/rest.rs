@@ -9,6 +9,11 @@ use serde_json::{Value, json};
 
 use crate::{HttpsResponse, Mesh, https_request};
 
+/// An email address no other test uses, starting with `name`.
+pub fn unique_email(name: &str) -> String {
+    format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
 /// A client of one mesh's gateway.
 pub struct Api {
     addr: SocketAddr,
