@@ -310,7 +310,7 @@ impl From<QueryRejection> for ApiError {
 /// without saying so, and a client's next request on it fails; HTTP/2
 /// resets the stream while the client is still sending, which some clients
 /// (curl 7.88) report as a failure instead of the answer. A body that is
-/// larger or slower, or that the client waits for leave to send
+/// larger or slower, or one the client sends only when asked to
 /// (`Expect: 100-continue`), is not read: an HTTP/1.1 answer then says
 /// `Connection: close`.
 pub async fn after_reading_body(
