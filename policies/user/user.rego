@@ -41,5 +41,15 @@ decision := data.trustmesh.lib.via_gateway(["admin"]) if {
 }
 
 decision := data.trustmesh.lib.from_workload("auth") if {
-	input.rpc in {"/trustmesh.user.v1.User/EnsureProfile", "/trustmesh.user.v1.User/GetRole"}
+	input.rpc == "/trustmesh.user.v1.User/EnsureProfile"
 }
+
+# A user's role: auth asks at login, payment to learn that a payment's
+# receiver is a user (it never pays a wallet nobody owns).
+decision := role_reader if {
+	input.rpc == "/trustmesh.user.v1.User/GetRole"
+}
+
+role_reader := data.trustmesh.lib.allowed if {
+	data.trustmesh.lib.workload in {"auth", "payment"}
+} else := data.trustmesh.lib.deny("workload_not_allowed")

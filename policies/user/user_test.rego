@@ -10,6 +10,8 @@ ops := {"spiffe_id": "spiffe://trustmesh.local/ops/cli", "workload": "ops"}
 
 wallet := {"spiffe_id": "spiffe://trustmesh.local/svc/wallet", "workload": "wallet"}
 
+payment := {"spiffe_id": "spiffe://trustmesh.local/svc/payment", "workload": "payment"}
+
 subject(role) := {"sub": "0190d5c2-0000-7000-8000-000000000001", "role": role, "sid": "s1", "mfa": true}
 
 call(method, peer, subj) := {
@@ -73,6 +75,13 @@ test_profiles_are_created_by_auth_only if {
 	user.decision.allow with input as call("EnsureProfile", auth, null)
 	user.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("EnsureProfile", gateway, subject("admin"))
 	user.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("GetRole", gateway, subject("admin"))
+}
+
+test_roles_are_read_by_auth_and_payment_only if {
+	user.decision.allow with input as call("GetRole", auth, null)
+	user.decision.allow with input as call("GetRole", payment, null)
+	user.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("GetRole", wallet, null)
+	user.decision == {"allow": false, "reason": "workload_not_allowed"} with input as call("EnsureProfile", payment, null)
 }
 
 test_unknown_method_denied if {

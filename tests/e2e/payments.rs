@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 use trustmesh_proto::trustmesh::wallet::v1::TransferRequest;
 use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_runtime::{RunReport, SvidFiles};
-use trustmesh_tests::rest::{Api, bearer, expect, json_of, login, register, unique_email};
+use trustmesh_tests::rest::{
+    Api, bearer, error_code, expect, json_of, login, register, unique_email,
+};
 use trustmesh_tests::{Mesh, PostgresDb, copy_dir, https_request, repo_root, run_cli, spiffe_id};
 
 /// Concurrent payers.
@@ -474,6 +476,18 @@ fn money_end_to_end(label: &str, envs: &[(&str, &str)]) {
         &pay(&api, &a.token, Some(&"k".repeat(256)), &b.id, 1, "EUR"),
         422,
         "invalid_idempotency_key",
+    );
+    // Nobody has this id: nothing is paid or stored, so the key stays free.
+    let nobody = uuid::Uuid::now_v7().to_string();
+    expect(
+        &pay(&api, &a.token, Some("to-nobody"), &nobody, 1, "EUR"),
+        404,
+        "receiver_not_found",
+    );
+    let kept = pay(&api, &a.token, Some("to-nobody"), &b.id, 1, "EUR");
+    assert!(
+        kept.status == 201 || error_code(&kept) == "insufficient_funds",
+        "{kept:?}"
     );
     expect(
         &pay(&api, &a.token, Some("usd-big"), &b.id, 1_001, "USD"),

@@ -3,7 +3,8 @@
 //!
 //! A payment is asked for through the gateway by the signed-in payer; the
 //! service checks the payer's role and limits in policy
-//! (`policies/payment/`), stores the payment PENDING under a fresh UUID v7,
+//! (`policies/payment/`) and that the receiver is a user ([`receivers`]),
+//! stores the payment PENDING under a fresh UUID v7,
 //! asks the wallet over mTLS to post a transfer with that id (the payment
 //! workload is the only caller the wallet accepts for transfers), then
 //! records COMPLETED or FAILED with its `PAYMENT` event in one transaction.
@@ -17,6 +18,7 @@
 //! through [`volume`].
 
 pub mod batch;
+pub mod receivers;
 pub mod service;
 pub mod store;
 pub mod volume;
@@ -35,6 +37,7 @@ use trustmesh_runtime::{
 use trustmesh_store::{Db, StoreConfig, StoreError};
 use trustmesh_telemetry::MetricsRegistry;
 
+pub use receivers::Receivers;
 pub use service::PaymentService;
 pub use store::{NewPayment, Payment, PaymentFilter, PaymentStatus, PaymentStore, Rollback};
 
@@ -101,6 +104,7 @@ pub async fn start(
     let mesh = MeshClient::new(source.clone(), &config.trust_domain);
     let directory = Directory::new(&config.data_dir);
     let wallet = mesh.service_channel(&directory, "wallet")?;
+    let receivers = Receivers::new(mesh.service_channel(&directory, "user")?);
     let metrics = MetricsRegistry::new();
     // Each write's time queued, committing and waiting for the log's sync,
     // on `/metrics`.
@@ -115,15 +119,14 @@ pub async fn start(
         deny_hook: Some(deny_hook),
         metrics,
     };
-    start_with_store(
-        config, store, wallet, source, policy, subjects, hooks, shutdown,
-    )
-    .await
+    let service = PaymentService::new(store, wallet, policy.clone()).with_receivers(receivers);
+    start_with_service(config, service, source, policy, subjects, hooks, shutdown).await
 }
 
 /// Starts serving over an open, migrated database and a channel to the
-/// wallet (tests, or a process that opened them itself). `deny_hook` sees
-/// every policy deny: the policy layer's and the handlers' second decisions.
+/// wallet (tests of the payment path, without a user service: receivers
+/// are then not looked up). `deny_hook` sees every policy deny: the policy
+/// layer's and the handlers' second decisions.
 #[allow(clippy::too_many_arguments)]
 pub async fn start_with_db(
     config: PaymentConfig,
@@ -135,19 +138,14 @@ pub async fn start_with_db(
     hooks: Hooks,
     shutdown: Shutdown,
 ) -> Result<RunningServer, PaymentError> {
-    let store = PaymentStore::new(db);
-    start_with_store(
-        config, store, wallet, source, policy, subjects, hooks, shutdown,
-    )
-    .await
+    let service = PaymentService::new(PaymentStore::new(db), wallet, policy.clone());
+    start_with_service(config, service, source, policy, subjects, hooks, shutdown).await
 }
 
-/// Starts serving over `store`.
-#[allow(clippy::too_many_arguments)]
-async fn start_with_store(
+/// Starts serving `service`.
+async fn start_with_service(
     config: PaymentConfig,
-    store: PaymentStore,
-    wallet: MeshChannel,
+    mut service: PaymentService,
     source: X509Source,
     policy: PolicyEngine,
     subjects: Arc<dyn SubjectResolver>,
@@ -155,8 +153,7 @@ async fn start_with_store(
     shutdown: Shutdown,
 ) -> Result<RunningServer, PaymentError> {
     let Hooks { deny_hook, metrics } = hooks;
-    let db_failed = store.db().failed();
-    let mut service = PaymentService::new(store, wallet, policy.clone());
+    let db_failed = service.store().db().failed();
     let mut server = GrpcServer::new("payment", &config.trust_domain, source, policy)
         .stop_on_fault(db_failed)
         .grpc_addr(config.grpc_addr)

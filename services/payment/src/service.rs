@@ -36,6 +36,7 @@ use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_runtime::MeshChannel;
 use trustmesh_store::StoreError;
 
+use crate::receivers::Receivers;
 use crate::store::{
     MAX_IDEMPOTENCY_KEY, MAX_REASON, NewPayment, Payment, PaymentFilter, PaymentStatus,
     PaymentStore, Rollback, normalize_time, page_token, parse_page_token, parse_time, timestamp,
@@ -69,6 +70,7 @@ pub struct PaymentService {
     wallet: WalletClient<MeshChannel>,
     policy: PolicyEngine,
     deny_hook: Option<DenyHook>,
+    receivers: Option<Receivers>,
 }
 
 impl std::fmt::Debug for PaymentService {
@@ -121,7 +123,14 @@ impl PaymentService {
             wallet: WalletClient::new(wallet),
             policy,
             deny_hook: None,
+            receivers: None,
         }
+    }
+
+    /// Pays only receivers that `receivers` finds in the user service.
+    pub fn with_receivers(mut self, receivers: Receivers) -> Self {
+        self.receivers = Some(receivers);
+        self
     }
 
     /// Runs `hook` on every deny of a second decision (the audit trail).
@@ -549,6 +558,20 @@ impl PaymentApi for PaymentService {
             {
                 Some(existing) => self.replay(existing, &new, &call).await,
                 None => Err(self.refuse(&call, denial)),
+            };
+        }
+        if let Some(receivers) = &self.receivers
+            && let Err(refused) = receivers.check(&new.receiver_id).await
+        {
+            // A retry of a payment stored before is answered as it was.
+            return match self
+                .store
+                .by_key(&new.payer_id, &new.idempotency_key)
+                .await
+                .map_err(internal)?
+            {
+                Some(existing) => self.replay(existing, &new, &call).await,
+                None => Err(refused),
             };
         }
         let Some(pending) = self.store.insert_pending(&new).await.map_err(internal)? else {

@@ -12,6 +12,7 @@
 //! | same key, other content | 409 `idempotency_key_reused` |
 //! | over the per-payment maximum / the 24 h volume | 403 `limit_exceeded` / `daily_limit_exceeded` |
 //! | invalid field (receiver, amount, currency, self payment) | 422 |
+//! | no user has the receiver's id (nothing stored) | 404 `receiver_not_found` |
 //! | the wallet did not answer (payment left PENDING) | 503; retry with the same key |
 //!
 //! A lack of funds is 409 (a conflict with the wallet's current state, like
@@ -230,6 +231,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
             body = PaymentView, headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = BAD_REQUEST, description = "`idempotency_key_required`", body = ErrorBody),
         (status = FORBIDDEN, description = "`limit_exceeded` or `daily_limit_exceeded`", body = ErrorBody),
+        (status = NOT_FOUND, description = "`receiver_not_found`: no user has this id (nothing is stored; the key stays free)", body = ErrorBody),
         (status = CONFLICT, description = "`insufficient_funds` (the payment is recorded as `FAILED` and \
             comes along), or `idempotency_key_reused` (another payment had this key; no `payment`)",
             body = PaymentRefused),
