@@ -189,9 +189,12 @@ fn trail(mesh: &Mesh, envs: &[(&str, &str)]) {
         "/api/v1/audit/events",
         "the auditor's reads",
         |events| {
-            events
-                .iter()
-                .any(|e| e["action"] == "AUDIT_READ" && e["actor_user"] == auditor.user_id.as_str())
+            // A read of events names its filter as JSON.
+            events.iter().any(|e| {
+                e["action"] == "AUDIT_READ"
+                    && e["actor_user"] == auditor.user_id.as_str()
+                    && e["details"]["filter"]["limit"].is_u64()
+            })
         },
     );
 

@@ -12,22 +12,30 @@ pub const MAX_PAGE: u32 = 200;
 /// The page size when none is asked for.
 pub const DEFAULT_PAGE: u32 = 50;
 
-/// What to select.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What to select (as JSON, the filters given, in the `AUDIT_READ` event
+/// that records the read).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Filter {
     /// Events by or about this user (actor or target).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// This action only.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// This status only (`SUCCESS`, `FAIL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// From this client IP only.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ip: Option<String>,
     /// At or after this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// At or before this time (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Only entries with an index below this one (the page token).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<u64>,
     /// Page size (at most [`MAX_PAGE`]).
     pub limit: u32,

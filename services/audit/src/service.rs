@@ -133,7 +133,7 @@ impl AuditService {
         self.audit_read(
             &request,
             what,
-            serde_json::json!({"filter": format!("{filter:?}"), "returned": reply.events.len()}),
+            serde_json::json!({"filter": filter, "returned": reply.events.len()}),
         )
         .await;
         Ok(Response::new(reply))
