@@ -319,6 +319,26 @@ impl PaymentService {
         }
     }
 
+    /// The refusal `refused` makes, unless `new` retries a payment stored
+    /// before: that one is answered as it was, whatever changed since (the
+    /// payer's volume, the limits, the receiver's account).
+    async fn refuse_unless_retry(
+        &self,
+        new: &NewPayment,
+        call: &Call,
+        refused: impl FnOnce() -> Status,
+    ) -> Result<Response<CreatePaymentReply>, Status> {
+        match self
+            .store
+            .by_key(&new.payer_id, &new.idempotency_key)
+            .await
+            .map_err(internal)?
+        {
+            Some(existing) => self.replay(existing, new, call).await,
+            None => Err(refused()),
+        }
+    }
+
     /// The answer to a retry of `existing` asking for `new`.
     async fn replay(
         &self,
@@ -550,29 +570,14 @@ impl PaymentApi for PaymentService {
         if let Some(denial) = decision {
             // A retry of a payment made before the volume grew (or the
             // limits changed) is answered as the original was.
-            return match self
-                .store
-                .by_key(&new.payer_id, &new.idempotency_key)
-                .await
-                .map_err(internal)?
-            {
-                Some(existing) => self.replay(existing, &new, &call).await,
-                None => Err(self.refuse(&call, denial)),
-            };
+            return self
+                .refuse_unless_retry(&new, &call, || self.refuse(&call, denial))
+                .await;
         }
         if let Some(receivers) = &self.receivers
             && let Err(refused) = receivers.check(&new.receiver_id).await
         {
-            // A retry of a payment stored before is answered as it was.
-            return match self
-                .store
-                .by_key(&new.payer_id, &new.idempotency_key)
-                .await
-                .map_err(internal)?
-            {
-                Some(existing) => self.replay(existing, &new, &call).await,
-                None => Err(refused),
-            };
+            return self.refuse_unless_retry(&new, &call, || refused).await;
         }
         let Some(pending) = self.store.insert_pending(&new).await.map_err(internal)? else {
             // The payer's key is taken: a retry, or a concurrent request
