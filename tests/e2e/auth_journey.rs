@@ -527,6 +527,31 @@ fn operator_and_roles(mesh: &Mesh) {
         403,
         "wrong_password",
     );
+    // The wrong password counts as a failed login with Bob's address (the
+    // user service passes the client's facts on to auth).
+    let failures = format!(
+        "/api/v1/audit/events?user={}&action=LOGIN_FAILED",
+        bob.user_id
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = api.get_with(&failures, &admin_token);
+        assert_eq!(page.status, 200, "{page:?}");
+        let with_address = json_of(&page)["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["details"]["reason"] == "wrong_password" && e["client_ip"] == "127.0.0.1");
+        if with_address {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no LOGIN_FAILED with the client's address: {}",
+            page.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     expect(
         &patch(json!({"email": alice_email, "current_password": PASSWORD})),
         409,
