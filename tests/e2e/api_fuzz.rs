@@ -16,8 +16,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use serde_json::json;
-use trustmesh_tests::rest::{Api, login, register, unique_email};
+use trustmesh_tests::rest::{Api, signed_in};
 use trustmesh_tests::{Mesh, run_cli};
 
 /// The checks schemathesis runs: the properties every answer must have,
@@ -53,15 +52,7 @@ fn generated_requests_get_no_server_error_and_answers_match_the_document() {
     let mesh = Mesh::start(&[]);
     let api = Api::new(&mesh);
 
-    let email = unique_email("fuzzer");
-    let registered = register(&api, &email);
-    mesh.grant_role(&email, "admin");
-    let session = login(
-        &api,
-        &email,
-        json!({"recovery_code": registered.recovery_codes[0]}),
-    );
-    let token = session["access_token"].as_str().unwrap();
+    let admin = signed_in(&api, &mesh, "fuzzer", Some("admin"));
 
     let (code, document, err) = run_cli(&["openapi"], &[]);
     assert_eq!(code, 0, "{err}");
@@ -75,7 +66,10 @@ fn generated_requests_get_no_server_error_and_answers_match_the_document() {
         .args(["--url", &format!("https://localhost:{}", api.addr().port())])
         .arg("--tls-verify")
         .arg(mesh.gateway_ca())
-        .args(["--header", &format!("Authorization: Bearer {token}")])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", admin.token),
+        ])
         .args(["--checks", CHECKS])
         .args(["--max-examples", "25", "--seed", "20261208"])
         .args(["--generation-database", "none"])

@@ -20,9 +20,7 @@ use serde_json::{Value, json};
 use trustmesh_proto::trustmesh::wallet::v1::TransferRequest;
 use trustmesh_proto::trustmesh::wallet::v1::wallet_client::WalletClient;
 use trustmesh_runtime::{RunReport, SvidFiles};
-use trustmesh_tests::rest::{
-    Api, bearer, error_code, expect, json_of, login, register, unique_email,
-};
+use trustmesh_tests::rest::{Api, SignedIn, bearer, error_code, expect, json_of, signed_in};
 use trustmesh_tests::{Mesh, PostgresDb, copy_dir, https_request, repo_root, run_cli, spiffe_id};
 
 /// Concurrent payers.
@@ -47,28 +45,6 @@ fn policy_dir(root: &Path) -> std::path::PathBuf {
     });
     std::fs::write(&path, data.to_string()).unwrap();
     dir
-}
-
-struct User {
-    id: String,
-    token: String,
-}
-
-fn signed_in(api: &Api, mesh: &Mesh, name: &str, role: Option<&str>) -> User {
-    let address = unique_email(name);
-    let reg = register(api, &address);
-    if let Some(role) = role {
-        mesh.grant_role(&address, role);
-    }
-    let session = login(
-        api,
-        &address,
-        json!({"recovery_code": reg.recovery_codes[0]}),
-    );
-    User {
-        id: reg.user_id,
-        token: session["access_token"].as_str().unwrap().to_owned(),
-    }
 }
 
 fn cli(mesh: &Mesh, args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
@@ -190,7 +166,7 @@ fn money_end_to_end(label: &str, envs: &[(&str, &str)]) {
     let api = Api::new(&mesh);
 
     let finance = signed_in(&api, &mesh, "finance", Some("finance"));
-    let payers: Vec<User> = (0..PAYERS)
+    let payers: Vec<SignedIn> = (0..PAYERS)
         .map(|i| signed_in(&api, &mesh, &format!("payer{i}"), None))
         .collect();
 

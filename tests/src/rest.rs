@@ -9,6 +9,36 @@ use serde_json::{Value, json};
 
 use crate::{HttpsResponse, Mesh, https_request};
 
+/// A signed-in user: its id and access token.
+pub struct SignedIn {
+    /// The user's id.
+    pub id: String,
+    /// An access token of a session that passed MFA.
+    pub token: String,
+}
+
+/// A new user named after `name`, given `role` by the operator (if any),
+/// signed in with a recovery code.
+pub fn signed_in(api: &Api, mesh: &Mesh, name: &str, role: Option<&str>) -> SignedIn {
+    let address = unique_email(name);
+    let registered = register(api, &address);
+    if let Some(role) = role {
+        mesh.grant_role(&address, role);
+    }
+    let session = login(
+        api,
+        &address,
+        json!({"recovery_code": registered.recovery_codes[0]}),
+    );
+    SignedIn {
+        id: registered.user_id,
+        token: session["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_owned(),
+    }
+}
+
 /// An email address no other test uses, starting with `name`.
 pub fn unique_email(name: &str) -> String {
     format!("{name}.{}@example.com", uuid::Uuid::new_v4().simple())
